@@ -1,0 +1,53 @@
+# The two commands a user needs are `make run` and `make test`; both install first when the
+# virtual environment is missing or older than the lock file.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-stamp
+export UV_COMPILE_BYTECODE := 1
+
+.PHONY: install lock run test lint format proto bench bench-peers clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	@test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@touch $(STAMP)
+
+# Regenerate the lock after changing pyproject.toml dependencies.
+lock:
+	$(UV) pip compile --quiet pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+proto: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I proto \
+		--python_out=. --pyi_out=. --grpc_python_out=. --mypy_grpc_out=. \
+		proto/mlops_core/protocol/open_inference.proto
+
+run: $(STAMP)
+	$(PY) -m mlops_core.run
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	$(PY) -m benchmarks run
+
+bench-peers: $(STAMP)
+	$(PY) -m benchmarks peers
+
+clean:
+	rm -rf $(VENV) .mlops-data

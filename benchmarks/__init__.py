@@ -1,0 +1,1 @@
+"""Load generators, scenarios and reports for the inference fleet and the gateway."""

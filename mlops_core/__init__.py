@@ -1,0 +1,1 @@
+"""Contracts shared by every service: settings, errors, database and Redis schemas, stubs."""

@@ -1,0 +1,112 @@
+"""Every setting of every service, read from the environment (and `.env`) in one typed object."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Settings for the gateway, the pipeline worker and the inference replicas.
+
+    Names are the environment variables (case-insensitive); `.env.example` lists them all.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- shared -------------------------------------------------------------------------
+    data_dir: Path = Field(Path(".mlops-data"), validation_alias=_env("MLOPS_DATA_DIR"))
+    """Directory holding all local state: database, MLflow store, Redis dump, model caches."""
+    dev_mode: bool = Field(False, validation_alias=_env("MLOPS_DEV_MODE"))
+    """Development mode: allows an empty webhook secret. Never set it in production."""
+    log_level: str = Field("INFO", validation_alias=_env("MLOPS_LOG_LEVEL"))
+    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    """Redis for queues, logs and the fleet's desired state. Unset: `make run` embeds one;
+    an inference server without it runs standalone on its model repository."""
+    database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL"))
+    """SQLAlchemy URL. Unset: SQLite in the data directory."""
+    mlflow_tracking_uri: str = Field(
+        "http://localhost:5000", validation_alias=_env("MLFLOW_TRACKING_URI")
+    )
+
+    # --- inference replica --------------------------------------------------------------
+    model_repository: Path | None = Field(None, validation_alias=_env("MLOPS_MODEL_REPOSITORY"))
+    """Root of the model repository (`<model>/<version>/model.onnx`). Unset: data_dir/models."""
+    model_source: str = Field("directory", validation_alias=_env("MLOPS_MODEL_SOURCE"))
+    """Where a replica fetches versions it lacks: `directory` (the repository) or `mlflow`."""
+    grpc_host: str = Field("0.0.0.0", validation_alias=_env("MLOPS_GRPC_HOST"))
+    grpc_port: int = Field(50051, validation_alias=_env("MLOPS_GRPC_PORT"))
+    http_port: int = Field(8001, validation_alias=_env("MLOPS_HTTP_PORT"))
+    """Replica HTTP port for `/health` and Prometheus `/metrics`."""
+    replica_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        validation_alias=_env("MLOPS_REPLICA_ID"),
+    )
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, validation_alias=_env("MLOPS_MAX_MESSAGE_BYTES")
+    )
+    """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
+    batching: bool = Field(True, validation_alias=_env("MLOPS_BATCHING"))
+    max_batch_size: int = Field(64, validation_alias=_env("MLOPS_MAX_BATCH_SIZE"))
+    """Rows gathered into one onnxruntime call at most (overridable per model)."""
+    max_queue_delay_us: int = Field(500, validation_alias=_env("MLOPS_MAX_QUEUE_DELAY_US"))
+    """How long a non-empty queue waits for more rows, in microseconds (per model too)."""
+    keep_versions: int = Field(3, validation_alias=_env("MLOPS_KEEP_VERSIONS"))
+    """Versions per model kept loaded (active included) so a rollback is an instant flip."""
+    ort_intra_op_threads: int = Field(1, validation_alias=_env("MLOPS_ORT_INTRA_OP_THREADS"))
+    resync_interval_s: float = Field(5.0, validation_alias=_env("MLOPS_RESYNC_INTERVAL_S"))
+    heartbeat_interval_s: float = Field(1.0, validation_alias=_env("MLOPS_HEARTBEAT_INTERVAL_S"))
+    heartbeat_ttl_s: float = Field(5.0, validation_alias=_env("MLOPS_HEARTBEAT_TTL_S"))
+
+    # --- pipeline worker ----------------------------------------------------------------
+    github_base_url: str = Field("https://github.com", validation_alias=_env("GITHUB_BASE_URL"))
+    allow_local_repos: bool = Field(False, validation_alias=_env("MLOPS_ALLOW_LOCAL_REPOS"))
+    """Accept `file://` URLs and plain paths as repositories (tests, air-gapped installs)."""
+    clone_timeout_s: float = Field(120.0, validation_alias=_env("MLOPS_CLONE_TIMEOUT_S"))
+    kernel_name: str = Field("python3", validation_alias=_env("MLOPS_KERNEL_NAME"))
+    kernel_start_timeout_s: float = Field(
+        60.0, validation_alias=_env("MLOPS_KERNEL_START_TIMEOUT_S")
+    )
+    execution_timeout_s: float = Field(600.0, validation_alias=_env("MLOPS_EXECUTION_TIMEOUT_S"))
+    """Longest a single notebook cell may run."""
+    deploy_timeout_s: float = Field(60.0, validation_alias=_env("MLOPS_DEPLOY_TIMEOUT_S"))
+    worker_concurrency: int = Field(2, validation_alias=_env("MLOPS_WORKER_CONCURRENCY"))
+
+    # --- gateway ------------------------------------------------------------------------
+    gateway_host: str = Field("0.0.0.0", validation_alias=_env("MLOPS_GATEWAY_HOST"))
+    gateway_port: int = Field(8000, validation_alias=_env("MLOPS_GATEWAY_PORT"))
+    github_webhook_secret: str = Field("", validation_alias=_env("GITHUB_WEBHOOK_SECRET"))
+    api_key: str = Field("", validation_alias=_env("MLOPS_API_KEY"))
+    """When set, every route but /health, /ready and the webhook needs `Bearer <key>`."""
+    fleet_address: str = Field("localhost:50051", validation_alias=_env("MLOPS_FLEET_ADDRESS"))
+    """gRPC target of the inference fleet (e.g. `dns:///fleet:50051` behind a headless Service)."""
+    max_webhook_bytes: int = Field(
+        5 * 1024 * 1024, validation_alias=_env("MLOPS_MAX_WEBHOOK_BYTES")
+    )
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.model_repository is None:
+            self.model_repository = self.data_dir / "models"
+        self.model_repository = self.model_repository.expanduser().resolve()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'mlops.db'}"
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
