@@ -1,0 +1,274 @@
+"""The models a replica has loaded, and the hot-swap primitive that rollouts and rollbacks use.
+
+A version is loaded and warmed before it can become active; activation is one assignment
+on the event loop, so it is atomic for every request. A request resolves its version once,
+when it starts, and holds it until it ends: a swap or an unload never changes the version
+of a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference.batcher import Arrays, BatchObserver, DynamicBatcher
+from inference.metrics import ReplicaMetrics
+from inference.runtime import OnnxModel
+from inference.sources import ModelSource, is_version
+from mlops_core.errors import InvalidInput, MlopsError, ModelLoadError, ModelNotFound, ModelNotReady
+from mlops_core.fleet_state import ServedModel
+from mlops_core.signature import ModelSignature
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    enabled: bool = True
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 0
+
+
+class LoadedVersion:
+    """A warmed model version ready to serve, with its own batcher and metric series."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        model: OnnxModel,
+        executor: Executor,
+        policy: BatchingPolicy,
+        metrics: ReplicaMetrics,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.model = model
+        self._executor = executor
+        self.requests = metrics.requests.labels(name, version)
+        self.latency = metrics.latency.labels(name, version)
+        self._failures = metrics.failures
+        signature = model.signature
+        max_rows = (
+            signature.max_batch_size
+            if signature.max_batch_size is not None
+            else policy.max_batch_size
+        )
+        delay = (
+            signature.max_queue_delay_us
+            if signature.max_queue_delay_us is not None
+            else policy.max_queue_delay_us
+        )
+        self.batcher: DynamicBatcher | None = None
+        if policy.enabled and max_rows > 1 and model.batchable:
+            queue_time = metrics.queue_time.labels(name, version)
+            batch_rows = metrics.batch_rows.labels(name, version)
+            self.batcher = DynamicBatcher(
+                model.run,
+                executor,
+                max_batch_size=max_rows,
+                max_queue_delay_us=delay,
+                observer=BatchObserver(
+                    on_batch=batch_rows.observe, on_queue_time=queue_time.observe
+                ),
+            )
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self.model.signature
+
+    async def infer(self, inputs: Arrays, rows: int) -> Arrays:
+        if self.batcher is not None:
+            return await self.batcher.infer(inputs, rows)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self.model.run, inputs)
+        except Exception as exc:  # onnxruntime rejects values it cannot compute on
+            raise InvalidInput(f"the model could not run on this input: {exc}") from exc
+
+    def count_failure(self, code: str) -> None:
+        self._failures.labels(self.name, self.version, code).inc()
+
+
+@dataclass
+class ModelEntry:
+    versions: dict[str, LoadedVersion] = field(default_factory=dict)
+    active: LoadedVersion | None = None
+    recent: list[str] = field(default_factory=list)
+    """Versions in the order they were last active, most recent last."""
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class ModelRepository:
+    def __init__(
+        self,
+        source: ModelSource,
+        executor: Executor,
+        metrics: ReplicaMetrics,
+        policy: BatchingPolicy,
+        keep_versions: int = 3,
+        intra_op_threads: int = 1,
+    ) -> None:
+        self.source = source
+        self.executor = executor
+        self.metrics = metrics
+        self.policy = policy
+        self.keep_versions = max(1, keep_versions)
+        self.intra_op_threads = intra_op_threads
+        self._models: dict[str, ModelEntry] = {}
+        self._loading: dict[tuple[str, str], asyncio.Task[LoadedVersion]] = {}
+
+    # --- serving -------------------------------------------------------------------------
+    def resolve(self, name: str, version: str | None) -> LoadedVersion:
+        """The version a request runs on: the one named, or the model's active version."""
+        entry = self._models.get(name)
+        if entry is None or (not entry.versions and not self._is_loading(name)):
+            served = sorted(n for n, e in self._models.items() if e.versions)
+            raise ModelNotFound(f"model {name!r} is not served here; served models: {served}")
+        if not version:
+            if entry.active is None:
+                raise ModelNotReady(f"model {name!r} is still loading")
+            return entry.active
+        loaded = entry.versions.get(version)
+        if loaded is not None:
+            return loaded
+        if (name, version) in self._loading:
+            raise ModelNotReady(f"model {name!r} version {version!r} is still loading")
+        raise ModelNotFound(
+            f"model {name!r} has no version {version!r} loaded; loaded versions: "
+            f"{sorted(entry.versions, key=_version_key)}"
+        )
+
+    def _is_loading(self, name: str) -> bool:
+        return any(n == name for n, _ in self._loading)
+
+    def model_names(self) -> list[str]:
+        return sorted(n for n, e in self._models.items() if e.versions)
+
+    def served(self) -> dict[str, ServedModel]:
+        """What this replica serves, as reported in its heartbeat."""
+        return {
+            name: ServedModel(
+                active=entry.active.version if entry.active else None,
+                loaded=sorted(entry.versions, key=_version_key),
+                failed=dict(entry.failed),
+            )
+            for name, entry in self._models.items()
+            if entry.versions or entry.failed
+        }
+
+    def is_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self.resolve(name, version)
+        except MlopsError:
+            return False
+        return True
+
+    # --- hot swap ------------------------------------------------------------------------
+    async def load(self, name: str, version: str) -> LoadedVersion:
+        """Fetch, load and warm a version (once, however many callers ask) without activating it."""
+        if not is_version(version):
+            raise ModelNotFound(f"version {version!r} of {name!r} is not a positive integer")
+        entry = self._models.setdefault(name, ModelEntry())
+        if version in entry.versions:
+            return entry.versions[version]
+        key = (name, version)
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(name, version))
+            self._loading[key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._loading.pop(key, None)
+
+    async def _load(self, name: str, version: str) -> LoadedVersion:
+        entry = self._models[name]
+        try:
+            directory = await self.source.fetch(name, version)
+            model = await asyncio.to_thread(self._open_and_warm, directory)
+        except MlopsError as exc:
+            entry.failed[version] = exc.message
+            log.warning("model %s version %s failed to load: %s", name, version, exc.message)
+            raise ModelLoadError(f"model {name!r} version {version!r}: {exc.message}") from exc
+        loaded = LoadedVersion(name, version, model, self.executor, self.policy, self.metrics)
+        entry.versions[version] = loaded
+        entry.failed.pop(version, None)
+        self.metrics.loaded.labels(name).set(len(entry.versions))
+        log.info("model %s version %s loaded", name, version)
+        return loaded
+
+    def _open_and_warm(self, directory: Path) -> OnnxModel:
+        model = OnnxModel(directory, self.intra_op_threads)
+        model.warm()
+        return model
+
+    def activate(self, name: str, version: str) -> LoadedVersion:
+        """Make a loaded version the one that serves requests naming no version."""
+        entry = self._models.get(name)
+        loaded = entry.versions.get(version) if entry else None
+        if entry is None or loaded is None:
+            raise ModelNotFound(f"model {name!r} version {version!r} is not loaded")
+        entry.active = loaded
+        if version in entry.recent:
+            entry.recent.remove(version)
+        entry.recent.append(version)
+        self.metrics.active_version.labels(name).set(int(version))
+        log.info("model %s version %s active", name, version)
+        return loaded
+
+    async def swap(self, name: str, version: str) -> LoadedVersion:
+        """Load (if needed), warm and activate `version`, then keep the last N versions loaded.
+
+        If the version cannot be loaded, ModelLoadError is raised and the active one serves on.
+        """
+        await self.load(name, version)
+        loaded = self.activate(name, version)
+        self.evict(name)
+        return loaded
+
+    def evict(self, name: str, keep: list[str] | None = None) -> None:
+        """Unload versions beyond `keep` (default: the N most recently active)."""
+        entry = self._models.get(name)
+        if entry is None:
+            return
+        if keep is None:
+            recent = [v for v in reversed(entry.recent) if v in entry.versions]
+            others = sorted(
+                (v for v in entry.versions if v not in recent), key=_version_key, reverse=True
+            )
+            keep = (recent + others)[: self.keep_versions]
+        for version in list(entry.versions):
+            if version not in keep and (entry.active is None or entry.active.version != version):
+                self.unload(name, version)
+
+    def unload(self, name: str, version: str) -> None:
+        """Forget a version; requests already running on it finish on it."""
+        entry = self._models.get(name)
+        if entry is None or version not in entry.versions:
+            return
+        if entry.active is not None and entry.active.version == version:
+            entry.active = None
+        del entry.versions[version]
+        self.metrics.loaded.labels(name).set(len(entry.versions))
+        log.info("model %s version %s unloaded", name, version)
+
+    def remove(self, name: str) -> None:
+        """Stop serving a model altogether."""
+        entry = self._models.pop(name, None)
+        if entry is not None:
+            self.metrics.loaded.labels(name).set(0)
+            log.info("model %s removed", name)
+
+    def forget_failure(self, name: str, version: str) -> None:
+        entry = self._models.get(name)
+        if entry is not None:
+            entry.failed.pop(version, None)
+
+
+def _version_key(version: str) -> int:
+    return int(version) if version.isdigit() else 0

@@ -1,0 +1,223 @@
+"""Assemble and run one inference replica: gRPC server, status HTTP, standalone or fleet mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+
+from inference.metrics import ReplicaMetrics
+from inference.reconcile import FleetReconciler
+from inference.repository import BatchingPolicy, ModelRepository
+from inference.servicer import InferenceServicer
+from inference.sources import (
+    DirectorySource,
+    MlflowSource,
+    ModelSource,
+    models_on_disk,
+    versions_on_disk,
+)
+from inference.status_http import StatusHttpServer
+from mlops_core.errors import MlopsError
+from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
+from mlops_core.settings import Settings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+@dataclass
+class ReplicaOptions:
+    """What one replica needs beyond the shared settings."""
+
+    model_repository: Path
+    grpc_port: int
+    http_port: int
+    private_grpc_port: int | None = None
+    redis_url: str | None = None
+    model_source: str = "directory"
+
+
+async def load_standalone(repository: ModelRepository, root: Path) -> None:
+    """Load the newest `keep_versions` versions of every model on disk; the newest that loads
+    becomes active."""
+    for name in models_on_disk(root):
+        versions = versions_on_disk(root, name)[-repository.keep_versions :]
+        active: str | None = None
+        for version in reversed(versions):
+            try:
+                await repository.load(name, version)
+            except MlopsError as exc:
+                log.error("skipping %s version %s: %s", name, version, exc.message)
+                continue
+            if active is None:
+                active = version
+                repository.activate(name, version)
+
+
+class Replica:
+    def __init__(self, settings: Settings, options: ReplicaOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.metrics = ReplicaMetrics()
+        # NOTE: onnxruntime releases the GIL, so a small pool lets calls for different models
+        # (or a batch and a warm-up) overlap; one intra-op thread each suits tiny models.
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort")
+        self.repository = ModelRepository(
+            self._source(),
+            self.executor,
+            self.metrics,
+            BatchingPolicy(
+                enabled=settings.batching,
+                max_batch_size=settings.max_batch_size,
+                max_queue_delay_us=settings.max_queue_delay_us,
+            ),
+            keep_versions=settings.keep_versions,
+            intra_op_threads=settings.ort_intra_op_threads,
+        )
+        self.ready = False
+        self.health = health.aio.HealthServicer()
+        self.reconciler: FleetReconciler | None = None
+        self.redis: Redis | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.http_server: StatusHttpServer | None = None
+
+    def _source(self) -> ModelSource:
+        root = self.options.model_repository
+        if self.options.model_source == "mlflow":
+            return MlflowSource(self.settings.mlflow_tracking_uri, root)
+        if self.options.model_source != "directory":
+            raise ValueError(f"unknown model source {self.options.model_source!r}")
+        return DirectorySource(root)
+
+    async def start(self) -> None:
+        limit = self.settings.max_message_bytes
+        self.grpc_server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.repository, lambda: self.ready), self.grpc_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        host = self.settings.grpc_host
+        self.grpc_server.add_insecure_port(f"{host}:{self.options.grpc_port}")
+        if self.options.private_grpc_port:
+            self.grpc_server.add_insecure_port(f"{host}:{self.options.private_grpc_port}")
+        await self.grpc_server.start()
+        self.http_server = StatusHttpServer(
+            host,
+            self.options.http_port,
+            {"/health": self._health, "/ready": self._ready, "/metrics": self._metrics},
+        )
+        await self.http_server.start()
+        log.info(
+            "replica %s: gRPC on %s:%s, HTTP on %s",
+            self.settings.replica_id,
+            host,
+            self.options.grpc_port,
+            self.options.http_port,
+        )
+        if self.options.redis_url:
+            await self._start_fleet_mode(self.options.redis_url)
+        else:
+            await load_standalone(self.repository, self.options.model_repository)
+        await self._mark_ready()
+
+    async def _start_fleet_mode(self, redis_url: str) -> None:
+        self.redis = Redis.from_url(redis_url)
+        port = self.options.private_grpc_port or self.options.grpc_port
+        self.reconciler = FleetReconciler(
+            self.repository,
+            self.redis,
+            replica_id=self.settings.replica_id,
+            grpc_address=f"{_advertised_host()}:{port}",
+            http_address=f"http://{_advertised_host()}:{self.options.http_port}",
+            resync_interval_s=self.settings.resync_interval_s,
+            heartbeat_interval_s=self.settings.heartbeat_interval_s,
+            heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+        )
+        await self.reconciler.start()
+        await self.reconciler.synced.wait()
+
+    async def _mark_ready(self) -> None:
+        self.ready = True
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("replica %s ready: %s", self.settings.replica_id, self.repository.model_names())
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.ready = False
+        await self.health.enter_graceful_shutdown()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace_s)
+        if self.http_server is not None:
+            await self.http_server.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _health(self) -> tuple[int, str, bytes]:
+        served = {
+            name: {"active": m.active, "loaded": m.loaded, "failed": m.failed}
+            for name, m in self.repository.served().items()
+        }
+        body = {
+            "status": "ok",
+            "ready": self.ready,
+            "replica_id": self.settings.replica_id,
+            "models": served,
+        }
+        return 200, "application/json", json.dumps(body).encode()
+
+    def _ready(self) -> tuple[int, str, bytes]:
+        status = 200 if self.ready else 503
+        return status, "application/json", json.dumps({"ready": self.ready}).encode()
+
+    def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+
+
+def _advertised_host() -> str:
+    import socket
+
+    return socket.gethostname() if _in_container() else "127.0.0.1"
+
+
+def _in_container() -> bool:
+    return Path("/.dockerenv").exists() or Path("/var/run/secrets/kubernetes.io").exists()
+
+
+async def run_replica(settings: Settings, options: ReplicaOptions) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully (in-flight requests finish)."""
+    replica = Replica(settings, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(replica.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        await replica.stop(0)
+        raise starting.exception()  # type: ignore[misc]
+    await stopping
+    starting.cancel()
+    log.info("replica %s stopping", settings.replica_id)
+    await replica.stop()

@@ -1,0 +1,103 @@
+"""The Open Inference Protocol v2 gRPC servicer: wire in, repository call, wire out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+
+from inference import tensors
+from inference.repository import LoadedVersion, ModelRepository
+from mlops_core.errors import MlopsError
+from mlops_core.protocol import open_inference_pb2 as pb
+from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
+
+SERVER_NAME = "mlops-inference"
+SERVER_VERSION = "0.1.0"
+PLATFORM = "onnxruntime_onnx"
+
+Response = TypeVar("Response")
+
+
+def grpc_errors(
+    handler: Callable[..., Awaitable[Response]],
+) -> Callable[..., Awaitable[Response]]:
+    """Map our errors to their gRPC status codes, in one place."""
+
+    @wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await handler(self, request, context)
+        except MlopsError as exc:
+            await context.abort(exc.grpc_code, exc.message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, repository: ModelRepository, is_ready: Callable[[], bool]) -> None:
+        self.repository = repository
+        self._is_ready = is_ready
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Any
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(
+            ready=self.repository.is_ready(request.name, request.version or None)
+        )
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        loaded = self.repository.resolve(request.name, request.version or None)
+        served = self.repository.served()[request.name]
+        response = pb.ModelMetadataResponse(
+            name=request.name, versions=served.loaded, platform=PLATFORM
+        )
+        for spec, field in [
+            *((s, response.inputs) for s in loaded.signature.inputs),
+            *((s, response.outputs) for s in loaded.signature.outputs),
+        ]:
+            field.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return response
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        started = time.perf_counter()
+        loaded: LoadedVersion | None = None
+        try:
+            loaded = self.repository.resolve(request.model_name, request.model_version or None)
+            loaded.requests.inc()
+            signature = loaded.signature
+            inputs, rows = tensors.decode_inputs(request, signature.inputs)
+            names = tensors.requested_output_names(request, signature.outputs)
+            outputs = await loaded.infer(inputs, rows)
+            response = tensors.encode_response(request, loaded.name, loaded.version, outputs, names)
+        except MlopsError as exc:
+            if loaded is not None:
+                loaded.count_failure(exc.grpc_code.name)
+            await context.abort(exc.grpc_code, exc.message)
+            raise
+        loaded.latency.observe(time.perf_counter() - started)
+        return response
