@@ -95,6 +95,22 @@ class Settings(BaseSettings):
         5 * 1024 * 1024, validation_alias=_env("MLOPS_MAX_WEBHOOK_BYTES")
     )
 
+    # --- make run (every process on one machine) ------------------------------------------
+    replicas: int = Field(2, ge=1, validation_alias=_env("MLOPS_REPLICAS"))
+    """Inference replicas `make run` starts. They share the public gRPC port (SO_REUSEPORT);
+    replica i also has HTTP port http_port+i and private gRPC port private_grpc_port_base+i."""
+    private_grpc_port_base: int = Field(
+        50061, validation_alias=_env("MLOPS_PRIVATE_GRPC_PORT_BASE")
+    )
+    """First per-replica gRPC port, which the gateway balances across under `make run`."""
+    redis_port: int = Field(6379, validation_alias=_env("MLOPS_REDIS_PORT"))
+    """Port of the embedded Redis `make run` starts when REDIS_URL is unset."""
+    mlflow_port: int = Field(5000, validation_alias=_env("MLOPS_MLFLOW_PORT"))
+    """Port of the MLflow tracking server `make run` starts; services get MLFLOW_TRACKING_URI
+    pointed at it."""
+    ready_timeout_s: float = Field(180.0, validation_alias=_env("MLOPS_READY_TIMEOUT_S"))
+    """How long `make run` waits for every service to be ready before it gives up."""
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()

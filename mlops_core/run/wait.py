@@ -1,0 +1,43 @@
+"""Hold a service back until what it needs is ready, then become it (exec, same PID).
+
+    python -m mlops_core.run.wait --redis URL --http URL --timeout 120 -- python -m gateway
+
+honcho starts every process at once; this is how Redis and MLflow still come first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mlops_core.run.readiness import Check, HttpReady, RedisReady, wait_for
+
+
+def parse(argv: list[str]) -> tuple[list[Check], float, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m mlops_core.run.wait")
+    parser.add_argument("--http", action="append", default=[], help="URL that must answer 200")
+    parser.add_argument("--redis", action="append", default=[], help="Redis URL that must PING")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("a command to run is required after --")
+    checks: list[Check] = [RedisReady(url) for url in args.redis]
+    checks += [HttpReady(url) for url in args.http]
+    return checks, args.timeout, command
+
+
+def main(argv: list[str] | None = None) -> None:
+    checks, timeout_s, command = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        wait_for(checks, timeout_s)
+    except TimeoutError as exc:
+        sys.exit(f"{command[0]}: {exc}")
+    sys.stdout.flush()
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main()
