@@ -1,0 +1,1 @@
+"""The gateway: REST API, GitHub webhooks, live WebSocket logs and predictions over gRPC."""

@@ -1,0 +1,73 @@
+"""The gateway's FastAPI app: `create_app(settings)`, and `app` for `uvicorn gateway.app:app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from gateway.deps import open_resources, require_api_key
+from gateway.errors import ConfigError, install_error_handlers
+from gateway.routes import models, pipelines, repos, system, webhook, ws
+from mlops_core.settings import Settings, get_settings
+
+log = logging.getLogger("gateway")
+
+DESCRIPTION = """
+Register a GitHub repository holding a training notebook; every push that changes the
+notebook runs a pipeline (clone, validate, execute, convert to ONNX, verify, register in MLflow,
+roll out to the inference fleet). Follow it live on `/ws/pipelines/{id}/logs`, predict over
+REST here or over gRPC (Open Inference Protocol v2) on the fleet, and roll back in one call.
+
+Every error answers `{"detail": "..."}`. With `MLOPS_API_KEY` set, every route but `/health`,
+`/ready` and `/webhook/github` needs `Authorization: Bearer <key>`.
+"""
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse unsafe settings before anything starts."""
+    if not settings.github_webhook_secret and not settings.dev_mode:
+        raise ConfigError(
+            "GITHUB_WEBHOOK_SECRET is empty: set it (the secret configured on the GitHub "
+            "webhook), or set MLOPS_DEV_MODE=true to accept unsigned webhooks in development"
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    check_settings(settings)
+    if not settings.api_key:
+        log.warning("MLOPS_API_KEY is not set: the API is open to anyone who can reach it")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            yield
+
+    app = FastAPI(
+        title="MLOps Platform gateway",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    protected = [Depends(require_api_key)]
+    app.include_router(system.router)
+    app.include_router(webhook.router)
+    app.include_router(repos.router, dependencies=protected)
+    app.include_router(pipelines.router, dependencies=protected)
+    app.include_router(models.router, dependencies=protected)
+    app.include_router(ws.router)  # checks the key itself: browsers cannot send headers there
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # NOTE: built on first access rather than at import, so importing this module (tests,
+    # tools) never needs the production settings; `uvicorn gateway.app:app` still finds it.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

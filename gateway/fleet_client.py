@@ -1,0 +1,209 @@
+"""The gateway's gRPC client of the inference fleet: one long-lived channel, REST rows in,
+Open Inference Protocol raw tensors out.
+
+NOTE: the channel balances with gRPC's own `round_robin` over every address the target
+resolves to (a headless Service's DNS name, or `ipv4:host:p1,host:p2` for local replicas),
+and its service config retries a call that met an UNAVAILABLE replica on another one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from gateway.errors import UpstreamError, UpstreamTimeout
+from mlops_core.errors import (
+    InvalidInput,
+    MessageTooLarge,
+    MlopsError,
+    ModelNotFound,
+    ModelNotReady,
+)
+from mlops_core.oip import infer_request, response_arrays
+from mlops_core.protocol import open_inference_pb2 as pb
+from mlops_core.protocol.open_inference_pb2_grpc import GRPCInferenceServiceStub
+from mlops_core.signature import OIP_TO_NUMPY
+
+SERVICE = "inference.GRPCInferenceService"
+PREDICT_TIMEOUT_S = 10.0
+RETRY_ATTEMPTS = 3
+
+
+def service_config() -> str:
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [{"service": SERVICE}],
+                    "retryPolicy": {
+                        "maxAttempts": RETRY_ATTEMPTS,
+                        "initialBackoff": "0.01s",
+                        "maxBackoff": "0.2s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model version takes: one [n, width] tensor."""
+
+    name: str
+    datatype: str
+    width: int
+    """-1 when the model accepts any width."""
+
+    @property
+    def shape_text(self) -> str:
+        return f"[n, {self.width if self.width >= 0 else 'any'}]"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    version: str
+    predictions: np.ndarray
+    probabilities: np.ndarray | None
+
+
+def encode_rows(model: str, data: Any, spec: InputSpec) -> np.ndarray:
+    """Check REST rows against the model's input and pack them as its dtype."""
+    shape = spec.shape_text
+    if not isinstance(data, list) or not data:
+        raise InvalidInput(
+            f"data must be a non-empty list of rows; model {model!r} takes shape {shape}"
+        )
+    width = spec.width if spec.width >= 0 else _width_of(data[0])
+    for i, row in enumerate(data):
+        if type(row) is not list:
+            raise InvalidInput(f"row {i} is not a list; model {model!r} takes shape {shape}")
+        if len(row) != width:
+            raise InvalidInput(
+                f"row {i} has {len(row)} values; model {model!r} takes shape {shape}"
+            )
+        for value in row:
+            # NOTE: type() rather than isinstance() so booleans (an int subclass) are refused.
+            if type(value) is not float and type(value) is not int:
+                raise InvalidInput(
+                    f"row {i} holds {value!r}, not a number; model {model!r} takes numbers "
+                    f"of shape {shape}"
+                )
+    dtype = OIP_TO_NUMPY[spec.datatype]
+    with np.errstate(over="ignore"):
+        array = np.array(data, dtype=dtype)
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(f"a value is out of range for {spec.datatype}")
+    return array
+
+
+def _width_of(row: Any) -> int:
+    return len(row) if isinstance(row, list) else -1
+
+
+def to_prediction(model: str, response: pb.ModelInferResponse) -> Prediction:
+    """`label` (classifiers) or the first output (regressors) become the predictions; a
+    `probabilities` output, where there is one, the probabilities."""
+    try:
+        outputs = response_arrays(response)
+    except (KeyError, ValueError) as exc:
+        raise UpstreamError(f"model {model!r} answered outputs REST cannot carry: {exc}") from None
+    if not outputs:
+        raise UpstreamError(f"model {model!r} answered no outputs")
+    predictions = outputs.get("label", next(iter(outputs.values())))
+    if predictions.ndim == 2 and predictions.shape[1] == 1:
+        predictions = predictions.reshape(-1)
+    return Prediction(
+        model=response.model_name or model,
+        version=response.model_version,
+        predictions=predictions,
+        probabilities=outputs.get("probabilities"),
+    )
+
+
+def map_rpc_error(model: str, error: grpc.aio.AioRpcError) -> MlopsError:
+    """The one place gRPC status codes from the fleet become our errors."""
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ModelNotFound(f"model {model!r} is not served by the fleet ({details})")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInput(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return MessageTooLarge(details)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION):
+        return ModelNotReady(f"the inference fleet cannot serve {model!r} now: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return UpstreamTimeout(f"the inference fleet did not answer in {PREDICT_TIMEOUT_S:.0f}s")
+    return UpstreamError(f"the inference fleet failed: {code.name}: {details}")
+
+
+class FleetClient:
+    """Predictions through one shared channel, with each model version's input cached."""
+
+    def __init__(self, target: str, max_message_bytes: int) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.service_config", service_config()),
+                ("grpc.enable_retries", 1),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = GRPCInferenceServiceStub(self._channel)
+        self._specs: dict[tuple[str, str], InputSpec] = {}
+        # The version each model answered last: its cached input spec checks the next request.
+        self._last_version: dict[str, str] = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def predict(self, model: str, data: Any) -> Prediction:
+        version = self._last_version.get(model, "")
+        spec = self._specs.get((model, version)) or await self._input_spec(model, version)
+        array = encode_rows(model, data, spec)
+        request = infer_request(model, {spec.name: array})
+        try:
+            response = await self._stub.ModelInfer(request, timeout=PREDICT_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                self._forget(model)
+            raise map_rpc_error(model, exc) from None
+        self._last_version[model] = response.model_version
+        return to_prediction(model, response)
+
+    async def _input_spec(self, model: str, version: str) -> InputSpec:
+        try:
+            meta = await self._stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=model, version=version), timeout=PREDICT_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND and version:
+                # The version seen last is gone (rolled away, unloaded): ask for the active one.
+                self._last_version.pop(model, None)
+                return await self._input_spec(model, "")
+            raise map_rpc_error(model, exc) from None
+        if len(meta.inputs) != 1 or len(meta.inputs[0].shape) != 2:
+            raise InvalidInput(
+                f"model {model!r} takes {len(meta.inputs)} input tensors; REST predict serves "
+                "models with one [n, width] input (use gRPC for others)"
+            )
+        tensor = meta.inputs[0]
+        if tensor.datatype not in OIP_TO_NUMPY:
+            raise InvalidInput(f"model {model!r} takes {tensor.datatype}, which REST cannot send")
+        spec = InputSpec(tensor.name, tensor.datatype, int(tensor.shape[1]))
+        self._specs[(model, version)] = spec
+        return spec
+
+    def _forget(self, model: str) -> None:
+        self._last_version.pop(model, None)
+        for key in [k for k in self._specs if k[0] == model]:
+            del self._specs[key]

@@ -1,0 +1,64 @@
+"""Resolve a branch head with `git ls-remote`, passing a token without putting it in a URL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+
+from gateway.errors import UpstreamError
+from mlops_core.errors import Conflict
+
+LS_REMOTE_TIMEOUT_S = 30.0
+_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+
+
+def git_env(github_token: str | None) -> dict[str, str]:
+    """Environment for a git call: never prompts; a token travels as an HTTP header set through
+    git's `GIT_CONFIG_*` variables, so it is in neither the URL, argv, nor the error output."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+    if github_token:
+        basic = base64.b64encode(f"x-access-token:{github_token}".encode()).decode()
+        env |= {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+        }
+    return env
+
+
+async def branch_head(
+    url: str, branch: str, github_token: str | None, timeout_s: float = LS_REMOTE_TIMEOUT_S
+) -> str:
+    """The commit sha `branch` points at in the repository at `url`."""
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        "ls-remote",
+        "--heads",
+        "--",
+        url,
+        f"refs/heads/{branch}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=git_env(github_token),
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise UpstreamError(f"git ls-remote {url} did not answer in {timeout_s:.0f}s") from None
+    if proc.returncode != 0:
+        reason = _redact(err.decode(errors="replace").strip(), github_token)
+        raise UpstreamError(f"cannot read branch {branch!r} of {url}: {reason[-500:]}")
+    for line in out.decode().splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref == f"refs/heads/{branch}" and _SHA.match(sha):
+            return sha
+    raise Conflict(f"branch {branch!r} does not exist in {url}")
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text

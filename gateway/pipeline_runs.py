@@ -1,0 +1,128 @@
+"""Starting, cancelling and reading pipelines: the database row first, then the arq job.
+
+The gateway never runs pipeline work: it records a `queued` row and enqueues its id; the
+pipeline worker does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.exceptions import RedisError
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from gateway import git_remote, store
+from gateway.deps import Resources
+from gateway.errors import ServiceUnavailable
+from gateway.github_events import PushEvent
+from gateway.schemas import LogLine, PipelineLogs, PipelineOut
+from mlops_core import logstream, pipeline_queue
+from mlops_core.db import Pipeline, PipelineStatus, utcnow
+from mlops_core.errors import Conflict
+
+log = logging.getLogger("gateway")
+
+
+async def enqueue(resources: Resources, pipeline_ids: list[str]) -> None:
+    for pipeline_id in pipeline_ids:
+        try:
+            await pipeline_queue.enqueue_pipeline(resources.arq, pipeline_id)
+        except (RedisError, OSError) as exc:
+            await resources.db(_mark_unqueued, pipeline_id, str(exc))
+            raise ServiceUnavailable(f"could not queue pipeline {pipeline_id}: {exc}") from exc
+
+
+def _mark_unqueued(session: Session, pipeline_id: str, reason: str) -> None:
+    session.execute(
+        update(Pipeline)
+        .where(Pipeline.id == pipeline_id)
+        .values(
+            status=PipelineStatus.FAILED.value,
+            error_stage=PipelineStatus.QUEUED.value,
+            error_message=f"the job queue was unreachable: {reason}",
+            finished_at=utcnow(),
+        )
+    )
+
+
+async def trigger(resources: Resources, repository_id: int) -> PipelineOut:
+    """Run the pipeline on the head of the registered branch, as a push would."""
+    repo = await resources.db(store.get_repository, repository_id)
+    sha = await git_remote.branch_head(repo.github_url, repo.branch, repo.github_token)
+    pipeline = await resources.db(_create_manual, repository_id, sha)
+    await enqueue(resources, [pipeline.id])
+    return PipelineOut.of(pipeline)
+
+
+def _create_manual(session: Session, repository_id: int, sha: str) -> Pipeline:
+    # Read again in this transaction: the repository may have been deleted meanwhile.
+    return store.create_pipeline(
+        session, store.get_repository(session, repository_id), sha, "manual"
+    )
+
+
+async def handle_push(
+    resources: Resources, delivery_id: str | None, payload: Any
+) -> store.DeliveryOutcome:
+    push = PushEvent.parse(payload)
+    outcome = await resources.db(_record_push, delivery_id, push)
+    if not outcome.replayed:
+        await enqueue(resources, outcome.pipeline_ids)
+    log.info(
+        "push %s to %s@%s: pipelines %s%s",
+        delivery_id,
+        push.full_name,
+        push.branch,
+        outcome.pipeline_ids,
+        " (replayed delivery)" if outcome.replayed else "",
+    )
+    return outcome
+
+
+def _record_push(
+    session: Session, delivery_id: str | None, push: PushEvent
+) -> store.DeliveryOutcome:
+    if push.branch is None:
+        matching = []
+    else:
+        matching = [r for r in store.repositories_on_branch(session, push.branch) if push.is_for(r)]
+    return store.record_delivery(session, delivery_id, [(r, push.head_sha) for r in matching])
+
+
+async def cancel(resources: Resources, pipeline_id: str) -> tuple[PipelineOut, bool]:
+    """Cancel a pipeline: at once when no worker has started it (True), otherwise by asking
+    its worker to stop between stages or while the notebook runs (False)."""
+    pipeline = await resources.db(store.get_pipeline, pipeline_id)
+    if PipelineStatus(pipeline.status).terminal:
+        raise Conflict(f"pipeline {pipeline_id} already ended: {pipeline.status}")
+    # The flag goes first so a worker picking the job up right now skips it.
+    await pipeline_queue.request_cancel(resources.redis, pipeline_id)
+    if await resources.db(store.cancel_if_queued, pipeline_id):
+        await logstream.append_line(resources.redis, pipeline_id, "cancelled before it started")
+        await logstream.mark_end(resources.redis, pipeline_id, PipelineStatus.CANCELLED.value)
+        cancelled_now = True
+    else:
+        cancelled_now = False
+    return PipelineOut.of(await resources.db(store.get_pipeline, pipeline_id)), cancelled_now
+
+
+async def logs(resources: Resources, pipeline_id: str) -> PipelineLogs:
+    """The log so far: the live list in Redis, or the copy kept in the database once the list
+    has expired."""
+    pipeline = await resources.db(store.get_pipeline, pipeline_id)
+    entries = [e for e in await logstream.history(resources.redis, pipeline_id) if "line" in e]
+    if entries:
+        lines = [LogLine(seq=e["seq"], ts=e.get("ts"), line=e["line"]) for e in entries]
+    else:
+        lines = [
+            LogLine(seq=i, ts=None, line=text)
+            for i, text in enumerate((pipeline.log or "").splitlines(), start=1)
+        ]
+    return PipelineLogs(
+        pipeline_id=pipeline.id,
+        status=PipelineStatus(pipeline.status),
+        lines=lines,
+        text="\n".join(line.line for line in lines),
+    )

@@ -1,0 +1,102 @@
+"""Models: what the fleet serves, predictions through it, rollback and removal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path, Request, Response, status
+
+from gateway import model_catalog
+from gateway.deps import ResourcesDep
+from gateway.schemas import (
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    RollbackOut,
+    RollbackRequest,
+    error_responses,
+)
+from mlops_core.errors import InvalidInput
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+ModelName = Annotated[
+    str, Path(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+NOT_FOUND = (404, "model 'iris-classifier' is not served by the fleet")
+
+
+@router.get("", response_model=ModelList)
+async def list_models(resources: ResourcesDep) -> ModelList:
+    """Each model: its desired active version, its versions (MLflow registry and fleet), and
+    what each live replica serves."""
+    models, reachable = await model_catalog.list_models(resources.redis, resources.registry)
+    return ModelList(models=models, registry_reachable=reachable)
+
+
+@router.post(
+    "/{name}/predict",
+    response_model=PredictResponse,
+    responses=error_responses(
+        NOT_FOUND,
+        (422, "row 0 has 3 values; model 'iris-classifier' takes shape [n, 4]"),
+        (503, "the inference fleet cannot serve 'iris-classifier' now: ..."),
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        }
+    },
+)
+async def predict(name: ModelName, request: Request, resources: ResourcesDep) -> Response:
+    """Predict with the model's active version: rows in, predictions (and, for classifiers,
+    probabilities) out."""
+    # NOTE: the body is parsed with orjson and checked against the model's own input shape
+    # (from its metadata), which gives shape-aware messages and keeps this hot path short.
+    try:
+        payload = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict) or "data" not in payload:
+        raise InvalidInput('body must be a JSON object like {"data": [[5.1, 3.5, 1.4, 0.2]]}')
+    result = await resources.fleet.predict(name, payload["data"])
+    body = {"model": result.model, "version": result.version, "predictions": result.predictions}
+    if result.probabilities is not None:
+        body["probabilities"] = result.probabilities
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )
+
+
+@router.post(
+    "/{name}/rollback",
+    response_model=RollbackOut,
+    responses=error_responses(
+        (404, "model 'iris-classifier' has no version '9'; versions: 1, 2, 3"),
+        (503, "'iris-classifier' version '1' is now desired, but no inference replica is live"),
+        (504, "model 'iris-classifier' version '1' not active on every replica after 60s"),
+    ),
+)
+async def rollback(name: ModelName, body: RollbackRequest, resources: ResourcesDep) -> RollbackOut:
+    """Make `version` active on every live replica; answers once all of them serve it."""
+    settings = resources.settings
+    return await model_catalog.rollback(
+        resources.redis,
+        resources.registry,
+        name,
+        body.version,
+        keep_versions=settings.keep_versions,
+        timeout_s=settings.deploy_timeout_s,
+    )
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses((404, "model 'iris-classifier' is not deployed")),
+)
+async def delete_model(name: ModelName, resources: ResourcesDep) -> None:
+    """Stop serving the model on every replica (its versions stay in the MLflow registry)."""
+    await model_catalog.remove(resources.redis, name, resources.settings.deploy_timeout_s)

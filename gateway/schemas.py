@@ -1,0 +1,261 @@
+"""Request and response models of the API, with the examples OpenAPI shows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlops_core.db import Pipeline, PipelineStatus, Repository
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx and 5xx answer has this shape (some add fields, e.g. `errors` or `checks`)."""
+
+    detail: str = Field(examples=["pipeline 'f00' not found"])
+
+
+class HealthOut(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ReadyOut(BaseModel):
+    status: str = Field(examples=["ready"])
+    checks: dict[str, str] = Field(
+        examples=[{"redis": "ok", "database": "ok", "mlflow": "ok", "inference": "2 live replicas"}]
+    )
+
+
+# --- repositories ----------------------------------------------------------------------
+
+
+class RepositoryCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "github_url": "https://github.com/acme/iris-training",
+                    "branch": "main",
+                    "notebook_path": "notebooks/train.ipynb",
+                    "github_token": "ghp_exampletoken",
+                }
+            ]
+        },
+    )
+
+    github_url: str = Field(max_length=2048, description="`https://github.com/owner/name`")
+    branch: str = Field("main", max_length=255)
+    notebook_path: str = Field(max_length=1024, description="Relative path of the notebook")
+    github_token: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Used only to clone; stored, never returned",
+    )
+
+
+class RepositoryOut(BaseModel):
+    id: int = Field(examples=[1])
+    github_url: str = Field(examples=["https://github.com/acme/iris-training"])
+    full_name: str = Field(examples=["acme/iris-training"])
+    branch: str = Field(examples=["main"])
+    notebook_path: str = Field(examples=["notebooks/train.ipynb"])
+    has_token: bool = Field(examples=[True])
+    created_at: datetime
+
+    @classmethod
+    def of(cls, repo: Repository) -> RepositoryOut:
+        return cls(
+            id=repo.id,
+            github_url=repo.github_url,
+            full_name=repo.full_name,
+            branch=repo.branch,
+            notebook_path=repo.notebook_path,
+            has_token=bool(repo.github_token),
+            created_at=repo.created_at,
+        )
+
+
+# --- pipelines -------------------------------------------------------------------------
+
+
+class PipelineErrorOut(BaseModel):
+    stage: str | None = Field(examples=["validating"])
+    message: str = Field(examples=["notebook lacks the required tags: mlops:export"])
+
+
+class PipelineOut(BaseModel):
+    id: str = Field(examples=["6f1c2a5e-8a39-4d59-9f0e-2b1d2f3c4d5e"])
+    repository_id: int | None = Field(examples=[1])
+    status: PipelineStatus
+    stage: str | None = Field(
+        description="The stage running now, or the one that failed", examples=["executing"]
+    )
+    commit_sha: str = Field(examples=["9fceb02d0ae598e95dc970b74767f19372d61af8"])
+    branch: str = Field(examples=["main"])
+    trigger: str = Field(examples=["push"])
+    model_name: str | None = Field(examples=["iris-classifier"])
+    model_version: str | None = Field(examples=["3"])
+    notebook_version: str | None = Field(examples=["1.2.0"])
+    mlflow_run_id: str | None
+    error: PipelineErrorOut | None
+    stage_timings: dict[str, float] = Field(examples=[{"cloning": 0.4, "executing": 12.8}])
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None = Field(description="From start to end (or to now)")
+
+    @classmethod
+    def of(cls, p: Pipeline) -> PipelineOut:
+        status = PipelineStatus(p.status)
+        if status == PipelineStatus.FAILED:
+            stage = p.error_stage
+        elif status.terminal or status == PipelineStatus.QUEUED:
+            stage = None
+        else:
+            stage = status.value
+        error = (
+            PipelineErrorOut(stage=p.error_stage, message=p.error_message)
+            if p.error_message
+            else None
+        )
+        duration = (
+            (p.finished_at - p.started_at).total_seconds()
+            if p.started_at and p.finished_at
+            else None
+        )
+        return cls(
+            id=p.id,
+            repository_id=p.repository_id,
+            status=status,
+            stage=stage,
+            commit_sha=p.commit_sha,
+            branch=p.branch,
+            trigger=p.trigger,
+            model_name=p.model_name,
+            model_version=p.model_version,
+            notebook_version=p.notebook_version,
+            mlflow_run_id=p.mlflow_run_id,
+            error=error,
+            stage_timings=dict(p.stage_timings or {}),
+            attempts=p.attempts,
+            created_at=p.created_at,
+            started_at=p.started_at,
+            finished_at=p.finished_at,
+            duration_s=duration,
+        )
+
+
+class PipelinePage(BaseModel):
+    items: list[PipelineOut]
+    total: int = Field(examples=[42])
+    page: int = Field(examples=[1])
+    size: int = Field(examples=[20])
+
+
+class LogLine(BaseModel):
+    seq: int = Field(examples=[1])
+    ts: float | None = Field(examples=[1764172800.25])
+    line: str = Field(examples=["[cloning] cloned acme/iris-training@9fceb02"])
+
+
+class PipelineLogs(BaseModel):
+    pipeline_id: str
+    status: PipelineStatus
+    lines: list[LogLine]
+    text: str = Field(description="The lines joined by newlines")
+
+
+# --- webhook ---------------------------------------------------------------------------
+
+
+class WebhookAccepted(BaseModel):
+    pipeline_ids: list[str] = Field(examples=[["6f1c2a5e-8a39-4d59-9f0e-2b1d2f3c4d5e"]])
+    replayed: bool = Field(
+        False, description="The delivery id was seen before: nothing new was created"
+    )
+
+
+class Pong(BaseModel):
+    status: str = Field(examples=["pong"])
+    zen: str | None = None
+
+
+# --- models ----------------------------------------------------------------------------
+
+
+class ReplicaServing(BaseModel):
+    replica_id: str = Field(examples=["host-a-1234"])
+    grpc_address: str = Field(examples=["10.0.0.7:50061"])
+    active: str | None = Field(examples=["3"])
+    loaded: list[str] = Field(examples=[["3", "2"]])
+    failed: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelVersionOut(BaseModel):
+    version: str = Field(examples=["3"])
+    status: str | None = Field(
+        None, description="MLflow's status of the version", examples=["READY"]
+    )
+    run_id: str | None = None
+    created_at: datetime | None = None
+
+
+class ModelOut(BaseModel):
+    name: str = Field(examples=["iris-classifier"])
+    active_version: str | None = Field(description="Desired active version", examples=["3"])
+    warm_versions: list[str] = Field(examples=[["2"]])
+    versions: list[ModelVersionOut]
+    replicas: list[ReplicaServing]
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+    registry_reachable: bool = Field(
+        description="False when MLflow did not answer: versions then come from the fleet only"
+    )
+
+
+class PredictRequest(BaseModel):
+    """Rows of numbers, each as wide as the model's input."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [[5.1, 3.5, 1.4, 0.2]]}]})
+
+    data: list[list[float]]
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(examples=["iris-classifier"])
+    version: str = Field(examples=["3"])
+    predictions: list[Any] = Field(examples=[[0]])
+    probabilities: list[list[float]] | None = Field(
+        None, description="Classifiers only", examples=[[[0.97, 0.03, 0.0]]]
+    )
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": "1"}]})
+
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class RollbackOut(BaseModel):
+    model: str = Field(examples=["iris-classifier"])
+    active_version: str = Field(examples=["1"])
+    previous_version: str | None = Field(examples=["3"])
+    replicas: list[ReplicaServing]
+
+
+def error_responses(*errors: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for errors, in the one error shape, with an example each."""
+    return {
+        status: {
+            "model": ErrorOut,
+            "content": {"application/json": {"example": {"detail": detail}}},
+        }
+        for status, detail in errors
+    }
