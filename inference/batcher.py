@@ -1,9 +1,11 @@
 """Dynamic batching for one model version: concurrent requests share one onnxruntime call.
 
-The batcher is work-conserving: a request that finds it idle runs at once, alone, with no
-queueing delay. Requests that arrive while a call is running wait, and the next call takes
-all of them (up to `max_batch_size` rows), optionally waiting `max_queue_delay_us` for the
-batch to fill. A request that needs more rows than the limit runs alone.
+A request joins the queue and the batcher dispatches on the next turn of the event loop, so
+every request that arrived in the same turn rides in the same call, and a lone request waits
+for no timer. While a call runs, new requests queue; when it ends, the next call takes all of
+them up to `max_batch_size` rows, optionally waiting `max_queue_delay_us` (counted from the
+oldest queued request) for the batch to fill. A request larger than the limit runs alone.
+The call, the stacking and the splitting all happen in the executor, off the event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +23,7 @@ from mlops_core.errors import InvalidInput
 
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Arrays], Arrays]
+Outcome = Arrays | InvalidInput
 
 
 @dataclass
@@ -54,102 +57,105 @@ class DynamicBatcher:
         self._max_delay_s = max(0, max_queue_delay_us) / 1e6
         self._observer = observer or BatchObserver()
         self._pending: deque[_Pending] = deque()
+        self._queued_rows = 0
         self._busy = False
-        self._drain_task: asyncio.Task[None] | None = None
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
 
     async def infer(self, inputs: Arrays, rows: int) -> Arrays:
         """Run `inputs` (all with `rows` rows) as part of a batch; return this request's outputs."""
         loop = asyncio.get_running_loop()
-        if not self._busy:
-            # NOTE: the idle path skips the queue, the future and the task entirely, so a lone
-            # request pays only the executor hand-off.
-            self._busy = True
-            self._observer.on_queue_time(0.0)
-            self._observer.on_batch(rows)
-            try:
-                return await loop.run_in_executor(self._executor, self._run_checked, inputs)
-            finally:
-                self._busy = False
-                if self._pending:
-                    self._start_drain()
         pending = _Pending(inputs, rows, loop.create_future())
         self._pending.append(pending)
+        self._queued_rows += rows
+        if not self._busy:
+            if self._scheduled is None:
+                self._scheduled = loop.call_soon(self._dispatch)
+            elif self._queued_rows >= self.max_batch_size:
+                self._scheduled.cancel()  # the batch is full: stop waiting for the delay
+                self._scheduled = loop.call_soon(self._dispatch)
         return await pending.future
 
-    def _start_drain(self) -> None:
-        self._busy = True
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                if self._max_delay_s and self._queued_rows() < self.max_batch_size:
-                    await asyncio.sleep(self._max_delay_s)
-                await self._run_batch(self._take_batch())
-        finally:
-            self._busy = False
-
-    def _queued_rows(self) -> int:
-        return sum(p.rows for p in self._pending)
-
-    def _take_batch(self) -> list[_Pending]:
-        batch = [self._pending.popleft()]
-        rows = batch[0].rows
-        while self._pending and rows + self._pending[0].rows <= self.max_batch_size:
-            item = self._pending.popleft()
-            rows += item.rows
-            batch.append(item)
-        return batch
-
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    def _dispatch(self) -> None:
+        self._scheduled = None
+        if self._busy or not self._pending:
+            return
+        batch = self._take_batch()
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         for item in batch:
             self._observer.on_queue_time(started - item.enqueued_at)
         self._observer.on_batch(sum(item.rows for item in batch))
-        live = [item for item in batch if not item.future.done()]  # drop cancelled callers
-        if not live:
-            return
-        if len(live) == 1:
-            await self._settle(
-                live[0], loop.run_in_executor(self._executor, self._run_checked, live[0].inputs)
-            )
-            return
-        stacked = {
-            name: np.concatenate([item.inputs[name] for item in live]) for name in live[0].inputs
-        }
+        self._busy = True
+        call = self._executor.submit(self._execute, [item.inputs for item in batch])
+        call.add_done_callback(lambda done: loop.call_soon_threadsafe(self._complete, batch, done))
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        rows = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.future.done():  # the caller went away (cancelled or timed out)
+                self._pending.popleft()
+                self._queued_rows -= item.rows
+                continue
+            if batch and rows + item.rows > self.max_batch_size:
+                break
+            self._pending.popleft()
+            self._queued_rows -= item.rows
+            rows += item.rows
+            batch.append(item)
+        return batch
+
+    def _complete(self, batch: list[_Pending], call: Future[list[Outcome]]) -> None:
+        self._busy = False
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_checked, stacked)
+            outcomes: list[Outcome] = call.result()
+        except Exception as exc:  # the executor itself failed (e.g. shut down)
+            outcomes = [InvalidInput(f"inference failed: {exc}")] * len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(outcome, InvalidInput):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+        if self._pending and self._scheduled is None:
+            loop = asyncio.get_running_loop()
+            wait = 0.0
+            if self._max_delay_s and self._queued_rows < self.max_batch_size:
+                wait = self._pending[0].enqueued_at + self._max_delay_s - time.perf_counter()
+            if wait > 0:
+                self._scheduled = loop.call_later(wait, self._dispatch)
+            else:
+                self._scheduled = loop.call_soon(self._dispatch)
+
+    # --- executor side -------------------------------------------------------------------
+    def _execute(self, items: list[Arrays]) -> list[Outcome]:
+        if len(items) == 1:
+            return [self._run_one(items[0])]
+        sizes = [next(iter(item.values())).shape[0] for item in items]
+        stacked = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
+        try:
+            outputs = self._run_checked(stacked)
         except InvalidInput:
             # NOTE: one request's values broke the shared call; rerun each alone so only the
             # culprit fails and its batch-mates still get their answers.
-            for item in live:
-                await self._settle(
-                    item, loop.run_in_executor(self._executor, self._run_checked, item.inputs)
-                )
-            return
+            return [self._run_one(item) for item in items]
+        results: list[Outcome] = []
         offset = 0
-        for item in live:
-            end = offset + item.rows
-            if not item.future.done():
-                item.future.set_result({name: value[offset:end] for name, value in outputs.items()})
-            offset = end
+        for size in sizes:
+            results.append({name: value[offset : offset + size] for name, value in outputs.items()})
+            offset += size
+        return results
 
-    @staticmethod
-    async def _settle(item: _Pending, call: asyncio.Future[Arrays]) -> None:
+    def _run_one(self, inputs: Arrays) -> Outcome:
         try:
-            result = await call
-        except Exception as exc:  # delivered to the caller, which maps it
-            if not item.future.done():
-                item.future.set_exception(exc)
-            return
-        if not item.future.done():
-            item.future.set_result(result)
+            return self._run_checked(inputs)
+        except InvalidInput as exc:
+            return exc
 
     def _run_checked(self, inputs: Arrays) -> Arrays:
         try:
             return self._run(inputs)
-        except InvalidInput:
-            raise
         except Exception as exc:  # onnxruntime rejects values it cannot compute on
             raise InvalidInput(f"the model could not run on this input: {exc}") from exc

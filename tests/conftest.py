@@ -37,12 +37,32 @@ def redis_url(run_dir: Path) -> Iterator[str]:
             "",
             "--appendonly",
             "no",
+            "--databases",
+            "256",
         ],
         run_dir,
     ).start()
     server.wait_until(lambda: port_open(port), 15, "redis port open")
     yield f"redis://127.0.0.1:{port}/0"
     server.stop()
+
+
+_next_db = iter(range(1, 256))
+
+
+def new_redis_db(redis_url: str) -> str:
+    """A URL for an empty database of its own on the shared Redis server, so desired states
+    and heartbeats of one test (or module) never mix with another's."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{next(_next_db)}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def fresh_redis_url(redis_url: str) -> str:
+    return new_redis_db(redis_url)
 
 
 @pytest.fixture(scope="session")
@@ -122,9 +142,9 @@ class InferenceServer:
 StartInference = Callable[..., InferenceServer]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_inference(run_dir: Path) -> Iterator[StartInference]:
-    """Start inference servers; all are stopped at the end of the session."""
+    """Start inference servers; all are stopped at the end of the test module."""
     started: list[InferenceServer] = []
 
     def start(
