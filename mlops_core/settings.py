@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     """Longest a single notebook cell may run."""
     deploy_timeout_s: float = Field(60.0, validation_alias=_env("MLOPS_DEPLOY_TIMEOUT_S"))
     worker_concurrency: int = Field(2, validation_alias=_env("MLOPS_WORKER_CONCURRENCY"))
+    pipeline_timeout_s: float = Field(3600.0, validation_alias=_env("MLOPS_PIPELINE_TIMEOUT_S"))
+    """Longest a whole pipeline may run, all stages together, before it fails."""
+    pipeline_max_attempts: int = Field(2, validation_alias=_env("MLOPS_PIPELINE_MAX_ATTEMPTS"))
+    """Runs of one pipeline at most: one whose worker died is retried until this is reached."""
 
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = Field("0.0.0.0", validation_alias=_env("MLOPS_GATEWAY_HOST"))

@@ -1,0 +1,22 @@
+"""`python -m pipeline_worker`: run an arq worker for pipeline jobs."""
+
+from __future__ import annotations
+
+import logging
+
+from arq import run_worker
+
+from mlops_core.settings import get_settings
+from pipeline_worker.worker import WorkerSettings
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=get_settings().log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run_worker(WorkerSettings)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

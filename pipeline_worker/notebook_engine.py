@@ -1,0 +1,179 @@
+"""A papermill engine that reports each cell's start, outputs and end as they happen.
+
+Papermill's own engine only logs outputs to a Python logger. This one subclasses its nbclient
+client, so parameter injection, output saving after every cell and `PapermillExecutionError`
+stay papermill's, and adds three things: events for the live log, a kernel started with the
+environment and working directory we choose (papermill's `cwd` would `chdir` the whole worker
+process, which is unsafe with concurrent pipelines), and a handle to signal the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine, papermill_engines
+
+ENGINE_NAME = "mlops-streaming"
+INJECTED_TAG = "injected-parameters"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+CellEventSink = Callable[[dict[str, Any]], None]
+"""Receives `{"kind": "start"|"output"|"end", "index", "tag", ...}`; called from the
+execution thread, so it must be thread-safe."""
+
+
+class KernelControl:
+    """The running kernel's process, shared between the execution thread and the event loop."""
+
+    def __init__(self) -> None:
+        self._km: Any = None
+        self._lock = threading.Lock()
+
+    def attach(self, km: Any) -> None:
+        with self._lock:
+            self._km = km
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` to the kernel's process group; False when no kernel runs."""
+        with self._lock:
+            provisioner = getattr(self._km, "provisioner", None)
+            process = getattr(provisioner, "process", None)
+            if process is None or process.poll() is not None:
+                return False
+            # NOTE: jupyter_client starts the kernel in its own session, so its process group
+            # holds the kernel and whatever the notebook spawned, and nothing of ours.
+            pgid = getattr(provisioner, "pgid", None) or process.pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
+            return True
+
+    def interrupt(self) -> bool:
+        return self.signal(signal.SIGINT)
+
+    def kill(self) -> bool:
+        return self.signal(signal.SIGKILL)
+
+
+def cell_label(cell: Any) -> str:
+    tags = cell.get("metadata", {}).get("tags", [])
+    ours = [t for t in tags if t.startswith("mlops:") or t in ("parameters", INJECTED_TAG)]
+    return ", ".join(ours) if ours else "untagged"
+
+
+def output_text(output: Any) -> str:
+    """The text a person would read for one output."""
+    kind = output.get("output_type")
+    if kind == "stream":
+        return "".join(output.get("text", ""))
+    if kind == "error":
+        return ANSI.sub("", "\n".join(output.get("traceback", [])))
+    data = output.get("data", {})
+    if "text/plain" in data:
+        return "".join(data["text/plain"])
+    return f"<{', '.join(sorted(data)) or kind}>"
+
+
+class StreamingNotebookClient(PapermillNotebookClient):
+    def __init__(
+        self,
+        nb_man: Any,
+        *,
+        sink: CellEventSink,
+        control: KernelControl,
+        kernel_env: dict[str, str],
+        kernel_cwd: str,
+        **kw: Any,
+    ) -> None:
+        super().__init__(nb_man, **kw)
+        self._sink = sink
+        self._control = control
+        self._kernel_env = kernel_env
+        self._kernel_cwd = kernel_cwd
+        self._current: dict[str, Any] = {}
+        self.on_cell_start = self._cell_started
+        self.on_cell_executed = self._cell_executed
+
+    def start_new_kernel(self, **kwargs: Any) -> None:
+        # NOTE: nbclient's `start_new_kernel` is `run_sync` of the base coroutine, so the
+        # override has to be here rather than on `async_start_new_kernel`.
+        kwargs.setdefault("env", self._kernel_env)
+        kwargs.setdefault("cwd", self._kernel_cwd)
+        super().start_new_kernel(**kwargs)
+        self._control.attach(self.km)
+
+    def _position(self, cell: Any, cell_index: int) -> dict[str, Any]:
+        """The cell's index in the user's notebook (the injected parameters cell not counted)."""
+        if INJECTED_TAG in cell.get("metadata", {}).get("tags", []):
+            return {"index": "-", "tag": INJECTED_TAG}
+        injected = sum(
+            INJECTED_TAG in c.get("metadata", {}).get("tags", [])
+            for c in self.nb.cells[:cell_index]
+        )
+        return {"index": cell_index - injected, "tag": cell_label(cell)}
+
+    def _cell_started(self, cell: Any, cell_index: int) -> None:
+        if cell.cell_type != "code" or not cell.source.strip():
+            return
+        self._current = self._position(cell, cell_index)
+        self._sink({"kind": "start", **self._current})
+
+    def _cell_executed(self, cell: Any, cell_index: int, execute_reply: Any) -> None:
+        content = (execute_reply or {}).get("content", {})
+        self._sink(
+            {
+                "kind": "end",
+                **self._position(cell, cell_index),
+                "status": content.get("status", "unknown"),
+                "ename": content.get("ename"),
+                "evalue": content.get("evalue"),
+            }
+        )
+
+    def process_message(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().process_message(*args, **kwargs)
+        if output:
+            self._sink({"kind": "output", **self._current, "text": output_text(output)})
+        return output
+
+
+class StreamingEngine(NBClientEngine):
+    @classmethod
+    def execute_managed_notebook(
+        cls,
+        nb_man: Any,
+        kernel_name: str,
+        log_output: bool = False,
+        stdout_file: Any = None,
+        stderr_file: Any = None,
+        start_timeout: float = 60,
+        execution_timeout: float | None = None,
+        *,
+        sink: CellEventSink,
+        control: KernelControl,
+        kernel_env: dict[str, str],
+        kernel_cwd: str,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs.pop("input_path", None)
+        client = StreamingNotebookClient(
+            nb_man,
+            sink=sink,
+            control=control,
+            kernel_env=kernel_env,
+            kernel_cwd=kernel_cwd,
+            timeout=execution_timeout,
+            startup_timeout=start_timeout,
+            kernel_name=kernel_name,
+            log_output=False,
+        )
+        return client.execute()
+
+
+papermill_engines.register(ENGINE_NAME, StreamingEngine)
