@@ -73,3 +73,18 @@ def write_version(root: Path, name: str, version: str, model: Any) -> Path:
     signature_of(model).write(directory / SIGNATURE_FILE)
     joblib.dump(model, directory / "model.joblib")
     return directory
+
+
+def main() -> None:
+    """`python -m benchmarks.iris_models DIR`: an example repository (iris 1 LR, 2 RF; petal 1)."""
+    import sys
+
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "example-models").resolve()
+    write_version(root, "iris", "1", train("lr"))
+    write_version(root, "iris", "2", train("rf"))
+    write_version(root, "petal", "1", train("linreg"))
+    print(f"wrote iris (versions 1, 2) and petal (version 1) under {root}")
+
+
+if __name__ == "__main__":
+    main()
