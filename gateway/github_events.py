@@ -25,11 +25,6 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> None:
         raise Unauthorized("X-Hub-Signature-256 does not match the body")
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The header value GitHub sends for `body` (used by tests and scripts)."""
-    return SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 @dataclass(frozen=True)
 class PushEvent:
     full_name: str

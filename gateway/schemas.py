@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mlops_core.db import Pipeline, PipelineStatus, Repository
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class ErrorOut(BaseModel):
@@ -64,7 +72,7 @@ class RepositoryOut(BaseModel):
     branch: str = Field(examples=["main"])
     notebook_path: str = Field(examples=["notebooks/train.ipynb"])
     has_token: bool = Field(examples=[True])
-    created_at: datetime
+    created_at: UtcDatetime
 
     @classmethod
     def of(cls, repo: Repository) -> RepositoryOut:
@@ -104,9 +112,9 @@ class PipelineOut(BaseModel):
     error: PipelineErrorOut | None
     stage_timings: dict[str, float] = Field(examples=[{"cloning": 0.4, "executing": 12.8}])
     attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     duration_s: float | None = Field(description="From start to end (or to now)")
 
     @classmethod
@@ -202,7 +210,7 @@ class ModelVersionOut(BaseModel):
         None, description="MLflow's status of the version", examples=["READY"]
     )
     run_id: str | None = None
-    created_at: datetime | None = None
+    created_at: UtcDatetime | None = None
 
 
 class ModelOut(BaseModel):

@@ -3,8 +3,13 @@ real Redis, a real MLflow server and a fleet of two real inference replicas."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +19,7 @@ import redis as sync_redis
 
 from mlops_core import fleet_state
 from mlops_core.db import make_engine, make_session_factory
+from mlops_core.pipeline_queue import QUEUE_NAME
 from tests.conftest import InferenceServer, StartInference, new_redis_db
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port
 
@@ -130,3 +136,130 @@ def gateway(
 def api(gateway: Gateway) -> Iterator[httpx.Client]:
     with gateway.client() as client:
         yield client
+
+
+@pytest.fixture
+async def aapi(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway.async_client() as client:
+        yield client
+
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(*args: str, cwd: Path) -> str:
+    out = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+    )
+    return out.stdout.strip()
+
+
+@dataclass
+class LocalRepo:
+    """A bare repository (what the platform clones) and a working copy that pushes to it."""
+
+    name: str
+    bare: Path
+    work: Path
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.bare}"
+
+    def commit(self, files: dict[str, str], branch: str = "main") -> str:
+        git("checkout", "-q", "-B", branch, cwd=self.work)
+        for path, content in files.items():
+            target = self.work / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", f"change {', '.join(files)}", cwd=self.work)
+        git("push", "-q", "origin", branch, cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+    def push_payload(
+        self, sha: str, *, branch: str = "main", added=(), modified=(), full_name: str | None = None
+    ) -> dict:
+        """A push event shaped as GitHub sends it."""
+        commit = {
+            "id": sha,
+            "message": "update",
+            "timestamp": "2026-11-26T12:00:00Z",
+            "added": list(added),
+            "removed": [],
+            "modified": list(modified),
+        }
+        return {
+            "ref": f"refs/heads/{branch}",
+            "before": "0" * 39 + "1",
+            "after": sha,
+            "created": False,
+            "deleted": False,
+            "forced": False,
+            "repository": {
+                "id": 1,
+                "name": self.name,
+                "full_name": full_name or f"local/{self.name}",
+                "private": False,
+                "clone_url": self.url,
+                "html_url": self.url.removesuffix(".git"),
+                "default_branch": "main",
+            },
+            "pusher": {"name": "test", "email": "test@example.com"},
+            "sender": {"login": "test"},
+            "head_commit": commit,
+            "commits": [commit],
+        }
+
+
+def make_local_repo(root: Path, name: str, files: dict[str, str] | None = None) -> LocalRepo:
+    bare, work = root / f"{name}.git", root / f"{name}-work"
+    bare.mkdir(parents=True)
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=root)
+    git("clone", "-q", str(bare), str(work), cwd=root)
+    repo = LocalRepo(name, bare, work)
+    repo.commit(files or {"notebooks/train.ipynb": NOTEBOOK, "README.md": "hello\n"})
+    return repo
+
+
+NOTEBOOK = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}\n'
+
+
+def signed_post(
+    client: httpx.Client,
+    payload: dict | bytes,
+    *,
+    event: str = "push",
+    delivery: str | None = None,
+    secret: str = SECRET,
+    signature: str | None = None,
+) -> httpx.Response:
+    """POST a delivery signed exactly as GitHub signs it: HMAC-SHA256 of the raw body."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    if signature is None:
+        signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "User-Agent": "GitHub-Hookshot/test",
+    }
+    if signature:
+        headers["X-Hub-Signature-256"] = signature
+    return client.post("/webhook/github", content=body, headers=headers)
+
+
+def queued_job_ids(redis_url: str) -> set[str]:
+    return {m.decode() for m in sync_redis.Redis.from_url(redis_url).zrange(QUEUE_NAME, 0, -1)}
