@@ -70,5 +70,5 @@ def wait_for(checks: Iterable[Check], timeout_s: float, interval_s: float = 0.25
     while waiting := pending(waiting):
         if time.monotonic() >= deadline:
             names = ", ".join(check.describe() for check in waiting)
-            raise TimeoutError(f"not ready after {timeout_s:.0f} s: {names}")
+            raise TimeoutError(f"not ready after {timeout_s:g} s: {names}")
         time.sleep(interval_s)

@@ -51,7 +51,7 @@ def watch_readiness(
         waiting = still
         if waiting and elapsed > timeout_s:
             names = ", ".join(check.describe() for check in waiting)
-            say(manager, f"not ready after {timeout_s:.0f} s: {names}; stopping")
+            say(manager, f"not ready after {timeout_s:g} s: {names}; stopping")
             outcome["ready"] = False
             manager.terminate()
             return
