@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     batching: bool = Field(True, validation_alias=_env("MLOPS_BATCHING"))
     max_batch_size: int = Field(64, validation_alias=_env("MLOPS_MAX_BATCH_SIZE"))
     """Rows gathered into one onnxruntime call at most (overridable per model)."""
-    max_queue_delay_us: int = Field(500, validation_alias=_env("MLOPS_MAX_QUEUE_DELAY_US"))
+    max_queue_delay_us: int = Field(0, validation_alias=_env("MLOPS_MAX_QUEUE_DELAY_US"))
     """How long a non-empty queue waits for more rows, in microseconds (per model too)."""
     keep_versions: int = Field(3, validation_alias=_env("MLOPS_KEEP_VERSIONS"))
     """Versions per model kept loaded (active included) so a rollback is an instant flip."""
