@@ -57,6 +57,12 @@ def parse_args(settings: Settings, argv: list[str] | None = None) -> argparse.Na
     parser.add_argument("--max-batch-size", type=int, default=settings.max_batch_size)
     parser.add_argument("--max-queue-delay-us", type=int, default=settings.max_queue_delay_us)
     parser.add_argument("--no-batching", action="store_true", default=not settings.batching)
+    parser.add_argument(
+        "--inline-below-us",
+        type=int,
+        default=settings.inline_below_us,
+        help="run calls faster than this on the event loop (MLOPS_INLINE_BELOW_US)",
+    )
     return parser.parse_args(argv)
 
 
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_us": args.max_queue_delay_us,
             "batching": not args.no_batching,
+            "inline_below_us": args.inline_below_us,
         }
     )
     logging.basicConfig(

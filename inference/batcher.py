@@ -5,7 +5,9 @@ every request that arrived in the same turn rides in the same call, and a lone r
 for no timer. While a call runs, new requests queue; when it ends, the next call takes all of
 them up to `max_batch_size` rows, optionally waiting `max_queue_delay_us` (counted from the
 oldest queued request) for the batch to fill. A request larger than the limit runs alone.
-The call, the stacking and the splitting all happen in the executor, off the event loop.
+The call, the stacking and the splitting happen in the executor, off the event loop, except
+for models whose calls measure under `inline_below_us`: for those, handing the call to a thread
+costs more than the call itself, so it runs on the loop.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue_delay_us: int = 0,
         observer: BatchObserver | None = None,
+        inline_below_us: int = 0,
+        expected_call_s: float = 1.0,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -60,6 +64,9 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._busy = False
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._inline_below_s = max(0, inline_below_us) / 1e6
+        self._call_s = expected_call_s
+        """Moving average of one call's duration, which decides inline versus executor."""
 
     async def infer(self, inputs: Arrays, rows: int) -> Arrays:
         """Run `inputs` (all with `rows` rows) as part of a batch; return this request's outputs."""
@@ -85,9 +92,13 @@ class DynamicBatcher:
         for item in batch:
             self._observer.on_queue_time(started - item.enqueued_at)
         self._observer.on_batch(sum(item.rows for item in batch))
+        inputs = [item.inputs for item in batch]
+        if self._call_s < self._inline_below_s:
+            self._complete(batch, self._execute(inputs))
+            return
         self._busy = True
-        call = self._executor.submit(self._execute, [item.inputs for item in batch])
-        call.add_done_callback(lambda done: loop.call_soon_threadsafe(self._complete, batch, done))
+        call = self._executor.submit(self._execute, inputs)
+        call.add_done_callback(lambda done: loop.call_soon_threadsafe(self._completed, batch, done))
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -106,12 +117,15 @@ class DynamicBatcher:
             batch.append(item)
         return batch
 
-    def _complete(self, batch: list[_Pending], call: Future[list[Outcome]]) -> None:
+    def _completed(self, batch: list[_Pending], call: Future[list[Outcome]]) -> None:
         self._busy = False
         try:
             outcomes: list[Outcome] = call.result()
         except Exception as exc:  # the executor itself failed (e.g. shut down)
             outcomes = [InvalidInput(f"inference failed: {exc}")] * len(batch)
+        self._complete(batch, outcomes)
+
+    def _complete(self, batch: list[_Pending], outcomes: list[Outcome]) -> None:
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future.done():
                 continue
@@ -131,6 +145,14 @@ class DynamicBatcher:
 
     # --- executor side -------------------------------------------------------------------
     def _execute(self, items: list[Arrays]) -> list[Outcome]:
+        started = time.perf_counter()
+        try:
+            return self._execute_batch(items)
+        finally:
+            # NOTE: a plain float store is atomic under the GIL; an approximate average is enough.
+            self._call_s = 0.8 * self._call_s + 0.2 * (time.perf_counter() - started)
+
+    def _execute_batch(self, items: list[Arrays]) -> list[Outcome]:
         if len(items) == 1:
             return [self._run_one(items[0])]
         sizes = [next(iter(item.values())).shape[0] for item in items]

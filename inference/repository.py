@@ -30,6 +30,7 @@ class BatchingPolicy:
     enabled: bool = True
     max_batch_size: int = 64
     max_queue_delay_us: int = 0
+    inline_below_us: int = 0
 
 
 class LoadedVersion:
@@ -74,6 +75,8 @@ class LoadedVersion:
                 observer=BatchObserver(
                     on_batch=batch_rows.observe, on_queue_time=queue_time.observe
                 ),
+                inline_below_us=policy.inline_below_us,
+                expected_call_s=model.warm_call_s,
             )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ class OnnxModel:
             raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.signature = self._signature(directory)
         self._output_names = [o.name for o in self.signature.outputs]
+        self.warm_call_s = 1.0
+        """Duration of one single-row call, measured by `warm()`."""
 
     def _signature(self, directory: Path) -> ModelSignature:
         inputs = [_spec(i) for i in self.session.get_inputs()]
@@ -87,6 +90,9 @@ class OnnxModel:
         }
         try:
             self.run(row)
+            started = time.perf_counter()
+            self.run(row)
+            self.warm_call_s = time.perf_counter() - started
         except Exception as exc:  # a model that cannot run one row must not become active
             raise ModelLoadError(f"warm-up inference failed: {exc}") from exc
 

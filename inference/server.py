@@ -80,6 +80,7 @@ class Replica:
                 enabled=settings.batching,
                 max_batch_size=settings.max_batch_size,
                 max_queue_delay_us=settings.max_queue_delay_us,
+                inline_below_us=settings.inline_below_us,
             ),
             keep_versions=settings.keep_versions,
             intra_op_threads=settings.ort_intra_op_threads,

@@ -119,3 +119,45 @@ async def test_queue_delay_gathers_a_fuller_batch(executor) -> None:
     # The first runs alone at once; the rest arrive over 11 ms and the delay gathers them.
     assert model.calls[0] == 1
     assert len(model.calls) <= 3
+
+
+async def test_fast_model_runs_inline_and_still_batches_and_isolates(executor) -> None:
+    model = RecordingModel()
+    threads: set[str] = set()
+
+    def run(inputs):
+        threads.add(threading.current_thread().name)
+        return model(inputs)
+
+    batcher = DynamicBatcher(
+        run, executor, max_batch_size=64, inline_below_us=10_000, expected_call_s=0.0
+    )
+    good = [np.full((1, 3), i, np.float32) for i in range(20)]
+    bad = np.array([[np.nan, 1, 2]], np.float32)
+    results = await asyncio.gather(
+        *(batcher.infer({"x": g}, 1) for g in good),
+        batcher.infer({"x": bad}, 1),
+        return_exceptions=True,
+    )
+    assert threads == {threading.current_thread().name}, "calls ran on the event loop thread"
+    assert isinstance(results[-1], InvalidInput)
+    for g, r in zip(good, results[:-1], strict=True):
+        np.testing.assert_array_equal(r["y"], g * 2)
+    assert model.calls[0] == 21, "same-turn arrivals shared one call"
+
+
+async def test_slow_model_moves_off_the_loop(executor) -> None:
+    model = RecordingModel(delay_s=0.02)
+    threads: set[str] = set()
+
+    def run(inputs):
+        threads.add(threading.current_thread().name)
+        return model(inputs)
+
+    batcher = DynamicBatcher(
+        run, executor, max_batch_size=64, inline_below_us=1_000, expected_call_s=0.0
+    )
+    for _ in range(4):
+        await batcher.infer({"x": np.ones((1, 3), np.float32)}, 1)
+    # The first call ran inline and measured 20 ms; the average then sent the rest to a thread.
+    assert len(threads) == 2
