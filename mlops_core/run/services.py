@@ -119,6 +119,9 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
                 "--port", str(settings.mlflow_port),
                 "--workers", "1",
             ],
+            # NOTE: MLflow's server-side jobs (GenAI scorers) are unused here; without them
+            # the server starts no job-runner processes and is ready about twice as fast.
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             ready=mlflow_ready,
         )
     )  # fmt: skip

@@ -95,6 +95,7 @@ def test_services_find_each_other_by_service_name(services: dict[str, Any]) -> N
         assert (mlflow.hostname, mlflow.port) == ("mlflow", int(flags["--port"]))
         assert f"mlflow:{flags['--port']}" in flags["--allowed-hosts"].split(",")
     assert flags["--host"] == "0.0.0.0"
+    assert services["mlflow"]["environment"] == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     assert "--artifacts-destination" in flags and "--default-artifact-root" not in flags
 
 

@@ -47,6 +47,7 @@ def test_defaults_start_every_service_on_the_documented_ports(tmp_path: Path) ->
     assert flag(mlflow, "--artifacts-destination") == str(tmp_path / "mlflow" / "artifacts")
     assert (flag(mlflow, "--port"), flag(mlflow, "--workers")) == ("5000", "1")
     assert svc["mlflow"].ready == HttpReady("http://127.0.0.1:5000/health")
+    assert svc["mlflow"].env == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
     for i in (0, 1):
         replica = svc[f"inference.{i}"]
