@@ -15,6 +15,9 @@ def main() -> None:
         level=get_settings().log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # NOTE: papermill warns about every injected parameter a notebook does not declare, and
+    # SAMPLE_INPUT_PATH is optional by design; its real failures reach us as exceptions.
+    logging.getLogger("papermill").setLevel(logging.ERROR)
     run_worker(WorkerSettings)  # type: ignore[arg-type]
 
 

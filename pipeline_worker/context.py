@@ -87,15 +87,24 @@ async def finalize(
     message: str | None,
     run_id: str | None,
 ) -> None:
-    """Write the terminal state: last log line, end marker, the database row, the MLflow run."""
+    """Write the terminal state: the MLflow run, the last log line and end marker, the row."""
     if message:
         message = log.redact(message)
+    failed = status is not PipelineStatus.SUCCEEDED
+    # NOTE: the MLflow run closes first, so whoever sees the terminal status sees it all.
+    if run_id:
+        try:
+            tags = {"mlops.status": status.value}
+            if failed:
+                tags.update({"mlops.error_stage": stage, "mlops.error": (message or "")[:4000]})
+            await asyncio.to_thread(tracking.end_run, deps.mlflow, run_id, RUN_STATUS[status], tags)
+        except Exception:
+            logger.warning("could not close MLflow run %s", run_id, exc_info=True)
     if status is PipelineStatus.SUCCEEDED:
         await log.write("pipeline succeeded", stage=stage)
     else:
         await log.write(f"pipeline {status.value} at {stage}: {message}", stage=stage)
     text = await log.end(status.value)
-    failed = status is not PipelineStatus.SUCCEEDED
     await asyncio.to_thread(
         records.update,
         deps.sessions,
@@ -106,11 +115,3 @@ async def finalize(
         log=text,
         finished_at=utcnow(),
     )
-    if run_id:
-        try:
-            tags = {"mlops.status": status.value}
-            if failed:
-                tags.update({"mlops.error_stage": stage, "mlops.error": (message or "")[:4000]})
-            await asyncio.to_thread(tracking.end_run, deps.mlflow, run_id, RUN_STATUS[status], tags)
-        except Exception:
-            logger.warning("could not close MLflow run %s", run_id, exc_info=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlops_core.settings import Settings
 from pipeline_worker.isolation import ModelJobs
+from pipeline_worker.lease import owner_id
 
 
 @dataclass
@@ -22,7 +21,7 @@ class WorkerDeps:
     redis: ArqRedis
     mlflow: MlflowClient
     model_jobs: ModelJobs
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    worker_id: str = field(default_factory=owner_id)
 
     @property
     def workroot(self) -> Path:

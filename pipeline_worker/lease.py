@@ -1,13 +1,16 @@
 """A running pipeline's lease in Redis: present while a live worker runs it.
 
-A pipeline whose status says running but whose lease has expired was left behind by a worker
-that died; `recovery.py` retries or fails it.
+A pipeline whose status says running but whose lease has expired, or whose lease names a
+process on this host that no longer exists, was left behind by a worker that died;
+`recovery.py` retries or fails it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
@@ -21,8 +24,26 @@ def lease_key(pipeline_id: str) -> str:
     return f"mlops:pipeline:{pipeline_id}:lease"
 
 
-async def held(redis: Redis, pipeline_id: str) -> bool:
-    return bool(await redis.exists(lease_key(pipeline_id)))
+def owner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def held_by_live_worker(redis: Redis, pipeline_id: str) -> bool:
+    """True unless the lease expired or names a dead process of this host (known at once,
+    where an expiry would take up to LEASE_TTL_S)."""
+    raw = await redis.get(lease_key(pipeline_id))
+    if raw is None:
+        return False
+    host, _, pid = (raw.decode() if isinstance(raw, bytes) else raw).rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.asynccontextmanager

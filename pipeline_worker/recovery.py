@@ -1,8 +1,9 @@
 """Pipelines left running by a worker that died: retried from the start, or failed.
 
 A pipeline counts as left behind when its status is a running stage but no live worker holds
-its lease. While attempts remain it goes back to `queued` and its arq job is released at once
-(arq would otherwise wait for the dead job's own timeout); otherwise it fails with the reason.
+its lease (see `lease.py`). While attempts remain it goes back to `queued` and its arq job is
+released at once (arq would otherwise wait for the dead job's own timeout); otherwise it fails
+with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ async def recover_orphans(deps: WorkerDeps) -> list[str]:
     """Retry or fail every pipeline left behind; returns their ids."""
     recovered = []
     for pipeline in await asyncio.to_thread(records.running, deps.sessions):
-        if await lease.held(deps.redis, pipeline.id):
+        if await lease.held_by_live_worker(deps.redis, pipeline.id):
             continue
         recovered.append(pipeline.id)
         log = PipelineLog(deps.redis, pipeline.id, Redactor(secret_values()))

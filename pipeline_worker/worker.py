@@ -233,7 +233,8 @@ class WorkerSettings:
     """For `python -m pipeline_worker` and `arq pipeline_worker.worker.WorkerSettings`."""
 
     functions = [func(run_pipeline, name=pipeline_queue.JOB_NAME)]  # type: ignore[arg-type]
-    cron_jobs = [cron(recover, second={0}, run_at_startup=False, unique=True)]  # type: ignore[arg-type]
+    # Every 15 s: a pipeline whose worker died on another host is retried within TTL + 15 s.
+    cron_jobs = [cron(recover, second={0, 15, 30, 45}, unique=True)]  # type: ignore[arg-type]
     queue_name = pipeline_queue.QUEUE_NAME
     redis_settings = pipeline_queue.redis_settings(_settings.redis_url or "redis://localhost:6379")
     on_startup = startup

@@ -138,3 +138,11 @@ async def wait_for_status(
         if time.monotonic() > deadline:
             raise TimeoutError(f"pipeline {pipeline_id} still {pipeline.status} after {timeout_s}s")
         await asyncio.sleep(0.2)
+
+
+# A notebook body that imports nothing heavy: enough to test control flow quickly.
+NO_SKLEARN = {
+    "mlops:preprocessing": "rows = [[1.0, 2.0]]",
+    "mlops:training": "model = None",
+    "mlops:export": "print('not saving anything')",
+}
