@@ -15,12 +15,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+import honcho.manager
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
 from mlops_core.run.readiness import Check, pending
 
 SELF = "run"
+STOP_GRACE_S = 20
+"""Seconds between SIGTERM and SIGKILL on stop: MLflow can take ~14 s right after it started."""
 
 
 def say(manager: Manager, text: str) -> None:
@@ -69,6 +72,8 @@ def supervise(
 
     Returns 0 when stopped by Ctrl-C/SIGTERM; non-zero when a service exited on its own or
     the stack was not ready in time."""
+    # NOTE: honcho has no parameter for its 5 s grace before SIGKILL, only this module global.
+    honcho.manager.KILL_WAIT = STOP_GRACE_S
     manager = Manager(Printer(sys.stdout))
     for name, (command, env) in commands.items():
         manager.add_process(name, command, env=env, cwd=os.getcwd())

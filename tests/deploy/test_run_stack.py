@@ -81,3 +81,4 @@ def test_whole_platform_ready_then_stopped_clean(tmp_path: Path) -> None:
     assert platform.stop(signal.SIGTERM) == 0
     ports = [int(env[k]) for k in ("MLOPS_GATEWAY_PORT", "MLOPS_GRPC_PORT", "MLOPS_REDIS_PORT")]
     assert_all_gone(platform, tree, [*ports, http_base, http_base + 1])
+    assert "SIGKILL" not in platform.output(), "every service should stop on SIGTERM"
