@@ -82,7 +82,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         engine.dispose()
 
 
-def get_resources(connection: HTTPConnection) -> Resources:
+async def get_resources(connection: HTTPConnection) -> Resources:
+    # NOTE: async so FastAPI calls it on the event loop, not through the threadpool.
     resources: Resources = connection.app.state.resources
     return resources
 

@@ -25,7 +25,7 @@ CLOSE_NOT_FOUND = 4404
 async def pipeline_logs(websocket: WebSocket, pipeline_id: str) -> None:
     """Each message is one JSON log entry: `{"seq", "ts", "line"}`, and last `{"seq", "end"}`
     with the final status. Needs `Authorization: Bearer <MLOPS_API_KEY>` when a key is set."""
-    resources = get_resources(websocket)
+    resources = await get_resources(websocket)
     await websocket.accept()
     try:
         check_api_key(resources.settings, bearer_token(websocket.headers.get("authorization")))
