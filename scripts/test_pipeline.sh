@@ -76,7 +76,8 @@ printf '{"ref":%s,"after":%s,"repository":{"full_name":%s,"clone_url":%s,"html_u
   "$(json_string "$repo")" "$(json_string "$commit")" "$(json_string "$commit")" \
   "$(json_string "$notebook")" > "$body_file"
 
-# GitHub's X-Hub-Signature-256: HMAC-SHA256 of the exact bytes sent, in hex.
+# GitHub's X-Hub-Signature-256: HMAC-SHA256 of the exact bytes sent, in hex. (openssl takes
+# the key as an argument only: it is on its command line for the instant it runs.)
 signature="sha256=$(openssl dgst -sha256 -hmac "$secret" < "$body_file" | awk '{print $NF}')"
 
 if $dry_run; then
@@ -85,7 +86,7 @@ if $dry_run; then
   exit 0
 fi
 
-auth=()
+auth=()  # expanded as ${auth[@]+...}: bash before 4.4 calls an empty array unbound
 [ -z "${MLOPS_API_KEY:-}" ] || auth=(-H "Authorization: Bearer $MLOPS_API_KEY")
 delivery="$(cat /proc/sys/kernel/random/uuid 2>/dev/null || uuidgen 2>/dev/null || date +%s%N)"
 
@@ -112,7 +113,7 @@ field() {  # a top-level string field of the JSON in $2
 start=$SECONDS
 last=""
 while [ $((SECONDS - start)) -lt "$timeout_s" ]; do
-  details="$(curl -sS "${auth[@]}" "$gateway/pipelines/$pipeline")"
+  details="$(curl -sS ${auth[@]+"${auth[@]}"} "$gateway/pipelines/$pipeline")"
   status="$(field status "$details")"
   if [ "$status" != "$last" ]; then
     printf '%4ss  %s\n' "$((SECONDS - start))" "${status:-?}"
