@@ -1,28 +1,32 @@
-"""`python -m benchmarks`: load the fleet and write the figures as JSON (and a table).
+"""`python -m benchmarks`: measure the fleet and the gateway (and their peers), write JSON, and
+render the report.
 
-python -m benchmarks load --target 127.0.0.1:50051 --model iris -c 16 -d 10 --rows 1
-python -m benchmarks fleet            # the issue-2 matrix: batching on/off, c=1/16/64
-python -m benchmarks run              # `make bench`: every scenario available
+python -m benchmarks run      # `make bench`: our fleet, the gateway, the minimal peer, swaps
+python -m benchmarks peers    # `make bench-peers`: the same plus MLServer; updates latest/
+python -m benchmarks report benchmarks/results/<run>/results.json   # render again
+python -m benchmarks load --target 127.0.0.1:50051 --model iris -c 16 -d 10   # one load
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks import iris_models
-from benchmarks.ceiling import ort_ceiling
-from benchmarks.loadgen import LoadSpec, process_cpu_s, run_load
-from benchmarks.servers import start_replicas
+from benchmarks import report
+from benchmarks.loadgen import LoadSpec, run_load
+from benchmarks.scenarios import GRPC_LOADS, Plan, run
 
-RESULTS = Path(__file__).parent / "results"
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+LATEST = HERE / "latest"
+PARTS = ("rest", "swap", "profile", "ceiling")
 
 
-def cmd_load(args: argparse.Namespace) -> dict:
+def cmd_load(args: argparse.Namespace) -> None:
     spec = LoadSpec(
         target=args.target,
         model=args.model,
@@ -35,64 +39,46 @@ def cmd_load(args: argparse.Namespace) -> dict:
     )
     result = run_load(spec)
     print(result.line())
-    return {"load": asdict(result)}
+    if args.json:
+        args.json.write_text(json.dumps({"load": asdict(result)}, indent=2))
 
 
-def fleet_matrix(duration: float, concurrencies: list[int], processes: int) -> dict:
-    """Single-row iris LR requests with batching on and off, plus the in-process ceiling."""
-    repo = Path(tempfile.mkdtemp(prefix="bench-repo-"))
-    iris_models.write_version(repo, "iris", "1", iris_models.train("lr"))
-    cells = []
-    for label, extra in (("batching on", []), ("batching off", ["--no-batching"])):
-        server = start_replicas(repo, replicas=1, extra_args=extra)
-        try:
-            for concurrency in concurrencies:
-                spec = LoadSpec(
-                    target=server.target,
-                    model="iris",
-                    concurrency=concurrency,
-                    duration_s=duration,
-                    processes=processes,
-                )
-                cpu_before = process_cpu_s(server.pids[0])
-                result = run_load(spec)
-                server_cpu = process_cpu_s(server.pids[0]) - cpu_before
-                print(f"{label:>12} {result.line()}  server cpu {server_cpu:.1f}s")
-                cells.append({"server": label, "server_cpu_s": server_cpu, **asdict(result)})
-        finally:
-            server.stop()
-    ceiling = ort_ceiling(repo / "iris" / "1" / "model.onnx", rows=1, width=4)
-    print(
-        f"in-process onnxruntime, 1 row: {ceiling['calls_per_s']:.0f} calls/s "
-        f"({ceiling['us_per_call']:.1f} µs per call)"
+def cmd_bench(args: argparse.Namespace) -> None:
+    plan = Plan(
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        replicas=args.replicas,
+        peers=args.command == "peers",
+        servers=args.servers,
+        loads=args.loads,
+        skip=set(args.skip),
+        swaps=args.swaps,
+        grpc_client=args.client,
     )
-    return {"scenario": "fleet", "model": "iris LR", "cells": cells, "ort_ceiling_1_row": ceiling}
+    run_dir = RESULTS / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True)
+    print(f"writing to {run_dir}", flush=True)
+    results = run(plan, run_dir)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    publish(results, run_dir, LATEST if args.command == "peers" and not args.no_publish else None)
 
 
-def markdown(result: dict) -> str:
-    lines = [
-        "| server | concurrency | req/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for cell in result["cells"]:
-        lines.append(
-            f"| {cell['server']} | {cell['spec']['concurrency']} | {cell['rps']:.0f} | "
-            f"{cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | {cell['errors']} |"
-        )
-    ceiling = result["ort_ceiling_1_row"]
-    lines.append(
-        f"| in-process onnxruntime (ceiling) | 1 | {ceiling['calls_per_s']:.0f} | "
-        f"{ceiling['us_per_call'] / 1000:.3f} | | |"
-    )
-    return "\n".join(lines)
+def publish(results: dict, run_dir: Path, latest: Path | None) -> None:
+    path, _ = report.render(results, run_dir)
+    print(path.read_text())
+    print(f"report: {path}")
+    if latest is not None:
+        latest.mkdir(exist_ok=True)
+        for name in ("report.md", report.PLOT_FILE, "results.json"):
+            if (run_dir / name).exists():
+                shutil.copy2(run_dir / name, latest / name)
+        print(f"published to {latest}")
 
 
-def save(name: str, result: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
-    return path
+def cmd_report(args: argparse.Namespace) -> None:
+    results = json.loads(args.results.read_text())
+    path, _ = report.render(results, args.out or args.results.parent)
+    print(path.read_text())
 
 
 def main() -> None:
@@ -102,7 +88,7 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    load = sub.add_parser("load", help="closed-loop load against a running server")
+    load = sub.add_parser("load", help="closed-loop Python gRPC load against a running server")
     load.add_argument("--target", default="127.0.0.1:50051")
     load.add_argument("--model", required=True)
     load.add_argument("--version", default="")
@@ -112,20 +98,29 @@ def main() -> None:
     load.add_argument("--width", type=int, default=4)
     load.add_argument("--processes", type=int, default=1, help="client processes")
     load.add_argument("--json", type=Path, help="write the result here")
-    for name in ("fleet", "run"):
-        scenario = sub.add_parser(name, help="start servers and run the fleet matrix")
-        scenario.add_argument("-d", "--duration", type=float, default=10.0)
-        scenario.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-        scenario.add_argument("--processes", type=int, default=1, help="client processes")
+    for name, text in (
+        ("run", "our fleet, the gateway and the minimal peer (make bench)"),
+        ("peers", "the same plus MLServer, published to benchmarks/latest (make bench-peers)"),
+    ):
+        bench = sub.add_parser(name, help=text)
+        bench.add_argument("-d", "--duration", type=float, default=10.0, help="seconds per cell")
+        bench.add_argument("--warmup", type=float, default=1.0, help="seconds before each cell")
+        bench.add_argument("--replicas", type=int, default=2, help="N of the larger fleet")
+        bench.add_argument("--servers", nargs="+", help="only these server keys")
+        bench.add_argument(
+            "--loads", nargs="+", choices=[g.key for g in GRPC_LOADS], help="only these loads"
+        )
+        bench.add_argument("--skip", nargs="+", default=[], choices=PARTS, help="leave out")
+        bench.add_argument("--swaps", type=int, default=20)
+        bench.add_argument("--client", choices=["h2load", "python"], default="h2load")
+        bench.add_argument("--no-publish", action="store_true", help="keep latest/ as it is")
+    rerender = sub.add_parser("report", help="render report.md and the plot from a results.json")
+    rerender.add_argument("results", type=Path)
+    rerender.add_argument("--out", type=Path, help="directory (default: beside the JSON)")
     args = parser.parse_args()
-    if args.command == "load":
-        result = cmd_load(args)
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
-        return
-    result = fleet_matrix(args.duration, args.concurrency, args.processes)
-    print(markdown(result))
-    save("fleet", result)
+    {"load": cmd_load, "run": cmd_bench, "peers": cmd_bench, "report": cmd_report}[args.command](
+        args
+    )
 
 
 if __name__ == "__main__":
