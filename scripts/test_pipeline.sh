@@ -124,7 +124,8 @@ while [ $((SECONDS - start)) -lt "$timeout_s" ]; do
       echo "served: $(field model_name "$details") version $(field model_version "$details")"
       exit 0 ;;
     failed|cancelled)
-      echo "$details"
+      [ "$status" = cancelled ] || echo "failed in $(field stage "$details"): $(field message "$details")"
+      echo "details: $gateway/pipelines/$pipeline   logs: $gateway/pipelines/$pipeline/logs"
       exit 1 ;;
   esac
   sleep 1
