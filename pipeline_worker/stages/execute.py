@@ -144,6 +144,8 @@ class _CellTracker:
 
     def describe(self, event: dict[str, Any]) -> str:
         where = f"cell {event.get('index', '?')} ({event.get('tag', 'untagged')})"
+        if event.get("index") == "-":
+            where = "injected parameters"
         loop_time = asyncio.get_running_loop().time()
         if event["kind"] == "start":
             self.current = event
