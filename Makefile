@@ -44,10 +44,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
-	$(PY) -m benchmarks run
+	$(PY) -m benchmarks run $(BENCH_ARGS)
 
 bench-peers: $(STAMP)
-	$(PY) -m benchmarks peers
+	$(PY) -m benchmarks peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mlops-data

@@ -79,7 +79,7 @@ def start_mlserver(
     mlserver: Path, workdir: Path, joblib_files: dict[str, Path], batching: bool
 ) -> ServerGroup:
     http_port, grpc_port = free_port(), free_port()
-    name = "mlserver-batching" if batching else "mlserver"
+    name = "mlserver-batch" if batching else "mlserver"
     folder = write_mlserver_folder(workdir / name, joblib_files, batching, http_port, grpc_port)
     proc = Proc(name, [str(mlserver), "start", str(folder)], workdir / "logs", cwd=folder)
     url = f"http://127.0.0.1:{http_port}"

@@ -472,7 +472,7 @@ def render_plot(results: Results, path: Path) -> Path | None:
             series.append((server, cells))
     if not series:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6), sharex=True)
     for ax, metric, title in ((axes[0], "p50_ms", "p50"), (axes[1], "p99_ms", "p99")):
         for server, cells in series:
             xs = [c["rps"] for c in cells]
@@ -489,8 +489,9 @@ def render_plot(results: Results, path: Path) -> Path | None:
         ax.set_ylabel(f"{title} latency (ms)")
         ax.set_title(f"{title}: single-row iris LR, gRPC ModelInfer")
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

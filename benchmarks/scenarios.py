@@ -343,7 +343,8 @@ def machine(tools: dict[str, str], mlserver: Path | None, plan: Plan) -> dict[st
     )
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": _output(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"]),
+        "commit": _output(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
+        + (" with uncommitted changes to the servers" if _servers_dirty() else ""),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
@@ -356,6 +357,11 @@ def machine(tools: dict[str, str], mlserver: Path | None, plan: Plan) -> dict[st
         "mlserver": _output([str(mlserver), "--version"]) if mlserver else None,
         "loadavg_start": os.getloadavg(),
     }
+
+
+def _servers_dirty() -> bool:
+    status = ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--"]
+    return bool(_output([*status, "inference", "gateway", "mlops_core"]))
 
 
 def _output(argv: list[str]) -> str:
