@@ -88,6 +88,9 @@ def mlflow_uri(run_dir: Path) -> Iterator[str]:
             "1",
         ],
         run_dir,
+        # NOTE: MLflow's server-side job runner spawns several processes we never use; off,
+        # the server starts 10-20 s sooner.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     ).start()
     uri = f"http://127.0.0.1:{port}"
     server.wait_until(
