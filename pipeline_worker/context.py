@@ -87,7 +87,7 @@ async def finalize(
     message: str | None,
     run_id: str | None,
 ) -> None:
-    """Write the terminal state: the MLflow run, the last log line and end marker, the row."""
+    """Write the terminal state: the MLflow run, the last log line, the row, the end marker."""
     if message:
         message = log.redact(message)
     failed = status is not PipelineStatus.SUCCEEDED
@@ -104,7 +104,7 @@ async def finalize(
         await log.write("pipeline succeeded", stage=stage)
     else:
         await log.write(f"pipeline {status.value} at {stage}: {message}", stage=stage)
-    text = await log.end(status.value)
+    text = await log.transcript()
     await asyncio.to_thread(
         records.update,
         deps.sessions,
@@ -115,3 +115,6 @@ async def finalize(
         log=text,
         finished_at=utcnow(),
     )
+    # NOTE: the row ends before the log does, so a watcher told the end status then reading
+    # the pipeline sees it ended too (a worker lost in between: watchers end from the row).
+    await log.end(status.value)

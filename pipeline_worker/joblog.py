@@ -39,18 +39,21 @@ class PipelineLog:
             self._written += 1
             await logstream.append_line(self.redis, self.pipeline_id, prefix + line)
 
-    async def end(self, status: str) -> str:
-        """Mark the terminal state and return the whole log, one timestamped line per entry."""
+    async def transcript(self) -> str:
+        """The whole log, one timestamped line per entry (the last one the kept-lines count)."""
         if self._dropped:
             await logstream.append_line(
                 self.redis,
                 self.pipeline_id,
                 f"[{self.stage}] {self._dropped} further lines were not kept (limit {MAX_LINES})",
             )
-        await logstream.mark_end(self.redis, self.pipeline_id, status)
         entries = await logstream.history(self.redis, self.pipeline_id)
         return "\n".join(
             f"{datetime.fromtimestamp(e['ts'], UTC).strftime('%H:%M:%S.%f')[:-3]} {e['line']}"
             for e in entries
             if "line" in e
         )
+
+    async def end(self, status: str) -> None:
+        """Mark the terminal state: watchers receive it and stop following."""
+        await logstream.mark_end(self.redis, self.pipeline_id, status)
