@@ -234,7 +234,8 @@ def render_markdown(results: Results, plot_file: str | None = PLOT_FILE) -> str:
         f"Python {meta['python']}. Load average {_load(meta.get('loadavg_start'))} at the start, "
         f"{_load(meta.get('loadavg_end'))} at the end. {plan['duration_s']:g} s per cell after "
         f"{plan['warmup_s']:g} s of warm-up; gRPC client `{plan['grpc_client']}` "
-        f"({meta['h2load']}), REST client `{meta['wrk']}`. Server and client share the machine.",
+        f"({meta['h2load']}), REST client `{meta['wrk'].split(' Copyright')[0]}`. Server and "
+        "client share the machine.",
         "",
         "## Goals",
         "",
