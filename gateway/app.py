@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from gateway.deps import open_resources, require_api_key
 from gateway.errors import ConfigError, install_error_handlers
 from gateway.routes import models, pipelines, repos, system, webhook, ws
+from mlops_core import gc_tuning
 from mlops_core.settings import Settings, get_settings
 
 log = logging.getLogger("gateway")
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_resources(settings) as resources:
             app.state.resources = resources
+            gc_tuning.tune_for_serving()
             yield
 
     app = FastAPI(

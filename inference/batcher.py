@@ -64,13 +64,16 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._busy = False
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        # NOTE: kept once bound: asking asyncio for the running loop on every request and
+        # completion showed up in profiles (it checks the process id each time).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._inline_below_s = max(0, inline_below_us) / 1e6
         self._call_s = expected_call_s
         """Moving average of one call's duration, which decides inline versus executor."""
 
     async def infer(self, inputs: Arrays, rows: int) -> Arrays:
         """Run `inputs` (all with `rows` rows) as part of a batch; return this request's outputs."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
         pending = _Pending(inputs, rows, loop.create_future())
         self._pending.append(pending)
         self._queued_rows += rows
@@ -82,12 +85,16 @@ class DynamicBatcher:
                 self._scheduled = loop.call_soon(self._dispatch)
         return await pending.future
 
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
     def _dispatch(self) -> None:
         self._scheduled = None
         if self._busy or not self._pending:
             return
         batch = self._take_batch()
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
         started = time.perf_counter()
         for item in batch:
             self._observer.on_queue_time(started - item.enqueued_at)
@@ -134,7 +141,7 @@ class DynamicBatcher:
             else:
                 item.future.set_result(outcome)
         if self._pending and self._scheduled is None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop or self._bind_loop()
             wait = 0.0
             if self._max_delay_s and self._queued_rows < self.max_batch_size:
                 wait = self._pending[0].enqueued_at + self._max_delay_s - time.perf_counter()

@@ -27,6 +27,7 @@ from inference.sources import (
     versions_on_disk,
 )
 from inference.status_http import StatusHttpServer
+from mlops_core import gc_tuning
 from mlops_core.errors import MlopsError
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 from mlops_core.settings import Settings
@@ -156,6 +157,7 @@ class Replica:
         await self.reconciler.synced.wait()
 
     async def _mark_ready(self) -> None:
+        gc_tuning.tune_for_serving()
         self.ready = True
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     """Rows gathered into one onnxruntime call at most (overridable per model)."""
     max_queue_delay_us: int = Field(0, validation_alias=_env("MLOPS_MAX_QUEUE_DELAY_US"))
     """How long a non-empty queue waits for more rows, in microseconds (per model too)."""
-    inline_below_us: int = Field(0, validation_alias=_env("MLOPS_INLINE_BELOW_US"))
+    inline_below_us: int = Field(200, validation_alias=_env("MLOPS_INLINE_BELOW_US"))
     """Run a model's batches on the event loop when its calls take less than this (µs): for
     tiny models a thread hand-off costs more than the call. 0 always uses the worker thread."""
     keep_versions: int = Field(3, validation_alias=_env("MLOPS_KEEP_VERSIONS"))

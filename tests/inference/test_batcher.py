@@ -148,10 +148,10 @@ async def test_fast_model_runs_inline_and_still_batches_and_isolates(executor) -
 
 async def test_slow_model_moves_off_the_loop(executor) -> None:
     model = RecordingModel(delay_s=0.02)
-    threads: set[str] = set()
+    threads: list[str] = []
 
     def run(inputs):
-        threads.add(threading.current_thread().name)
+        threads.append(threading.current_thread().name)
         return model(inputs)
 
     batcher = DynamicBatcher(
@@ -160,4 +160,6 @@ async def test_slow_model_moves_off_the_loop(executor) -> None:
     for _ in range(4):
         await batcher.infer({"x": np.ones((1, 3), np.float32)}, 1)
     # The first call ran inline and measured 20 ms; the average then sent the rest to a thread.
-    assert len(threads) == 2
+    loop_thread = threading.current_thread().name
+    assert threads[0] == loop_thread
+    assert all(name != loop_thread for name in threads[1:])
