@@ -176,7 +176,16 @@ def start_gateway(log_dir: Path, redis_url: str, fleet_ports: Sequence[int]) -> 
     port = free_port()
     data = log_dir / "gateway-data"
     data.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "gateway", "--no-access-log", "--host", "127.0.0.1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "--no-access-log",
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        "2",
+    ]
     proc = Proc(
         "gateway",
         [*argv, "--port", str(port)],

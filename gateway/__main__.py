@@ -21,6 +21,12 @@ def main() -> None:
     parser.add_argument(
         "--no-access-log", action="store_true", help="do not log one line per request"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.gateway_workers,
+        help="worker processes sharing the port (MLOPS_GATEWAY_WORKERS)",
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -30,8 +36,11 @@ def main() -> None:
     except ConfigError as exc:
         print(f"gateway refuses to start: {exc}", file=sys.stderr)
         sys.exit(2)
+    # NOTE: several workers need the app as an import string; each builds its own from the
+    # same settings (the one built above has only validated them).
     uvicorn.run(
-        app,
+        app if args.workers <= 1 else "gateway.app:app",
+        workers=max(1, args.workers),
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = Field("0.0.0.0", validation_alias=_env("MLOPS_GATEWAY_HOST"))
     gateway_port: int = Field(8000, validation_alias=_env("MLOPS_GATEWAY_PORT"))
+    gateway_workers: int = Field(1, validation_alias=_env("MLOPS_GATEWAY_WORKERS"))
+    """Gateway worker processes sharing its port; one process is bound to one core."""
     github_webhook_secret: str = Field("", validation_alias=_env("GITHUB_WEBHOOK_SECRET"))
     api_key: str = Field("", validation_alias=_env("MLOPS_API_KEY"))
     """When set, every route but /health, /ready and the webhook needs `Bearer <key>`."""
