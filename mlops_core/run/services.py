@@ -141,7 +141,9 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
                     "--model-source", "mlflow",
                 ],
                 env={**shared, "MLOPS_MODEL_REPOSITORY": str(data / f"replica-{i}" / "models")},
-                ready=HttpReady(f"{url}/health"),
+                # NOTE: /ready, not /health: a replica is ready once its first reconcile has
+                # loaded the desired versions, which is what "platform ready" promises.
+                ready=HttpReady(f"{url}/ready"),
                 needs=infra,
             )
         )  # fmt: skip

@@ -59,7 +59,7 @@ def test_defaults_start_every_service_on_the_documented_ports(tmp_path: Path) ->
         assert flag(replica.argv, "--redis-url") == stack.redis_url
         assert replica.env["MLOPS_MODEL_REPOSITORY"] == str(tmp_path / f"replica-{i}" / "models")
         assert replica.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
-        assert replica.ready == HttpReady(f"http://127.0.0.1:{8001 + i}/health")
+        assert replica.ready == HttpReady(f"http://127.0.0.1:{8001 + i}/ready")
 
     gateway = svc["gateway"]
     assert gateway.argv == ["py", "-m", "gateway"]

@@ -89,7 +89,13 @@ async def test_example_notebook_runs_through_every_stage(
     assert "cell 6 (mlops:evaluation) | accuracy:" in log
     assert "parity: 38 rows (notebook): 0 label mismatches" in log
     redis = Redis.from_url(platform.redis_url)
-    entries = await logstream.history(redis, pipeline.id)
+    # NOTE: the worker ends the row before it writes the log's end marker (so a watcher that
+    # sees the marker finds the row final); wait briefly for the marker.
+    for _ in range(50):
+        entries = await logstream.history(redis, pipeline.id)
+        if entries and "end" in entries[-1]:
+            break
+        await asyncio.sleep(0.1)
     await redis.aclose()
     assert entries[-1] == {"seq": len(entries), "end": "succeeded"}
     assert all(e["line"].startswith("[") for e in entries[:-1])
