@@ -425,7 +425,17 @@ def _pipeline_section(pipeline: dict | None) -> list[str]:
         "",
     ]
     stages = pipeline["stages_s"]
-    return out + _table(list(stages), [[f"{v:.2f} s" for v in stages.values()]])
+    out += _table(list(stages), [[f"{v:.2f} s" for v in stages.values()]])
+    served = pipeline.get("push_to_served_s")
+    if served:
+        out += [
+            "",
+            f"Through the whole stack that `make run` starts (`{served['source']}`, the "
+            "end-to-end test: webhook sent to the first REST answer naming the new version): "
+            f"first push **{served['first_push']:.1f} s**, second push "
+            f"**{served['second_push']:.1f} s**.",
+        ]
+    return out
 
 
 def _profile_section(results: Results) -> list[str]:
