@@ -62,7 +62,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     redis = Redis.from_url(settings.redis_url)
     arq = await pipeline_queue.connect(settings.redis_url)
     # NOTE: the gRPC aio channel binds to the running event loop, so it is created here.
-    fleet = FleetClient(settings.fleet_address, settings.max_message_bytes)
+    fleet = FleetClient(
+        settings.fleet_address, settings.max_message_bytes, settings.predict_batches_in_flight
+    )
     http = httpx.AsyncClient()
     try:
         yield Resources(

@@ -9,12 +9,14 @@ and its service config retries a call that met an UNAVAILABLE replica on another
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 
+from gateway.coalescer import Answer, RequestCoalescer
 from gateway.errors import UpstreamError, UpstreamTimeout
 from mlops_core.errors import (
     InvalidInput,
@@ -23,7 +25,7 @@ from mlops_core.errors import (
     ModelNotFound,
     ModelNotReady,
 )
-from mlops_core.oip import infer_request, response_arrays
+from mlops_core.oip import infer_request
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol.open_inference_pb2_grpc import GRPCInferenceServiceStub
 from mlops_core.signature import OIP_TO_NUMPY
@@ -109,21 +111,18 @@ def _width_of(row: Any) -> int:
     return len(row) if isinstance(row, list) else -1
 
 
-def to_prediction(model: str, response: pb.ModelInferResponse) -> Prediction:
+def to_prediction(model: str, answer: Answer) -> Prediction:
     """`label` (classifiers) or the first output (regressors) become the predictions; a
     `probabilities` output, where there is one, the probabilities."""
-    try:
-        outputs = response_arrays(response)
-    except (KeyError, ValueError) as exc:
-        raise UpstreamError(f"model {model!r} answered outputs REST cannot carry: {exc}") from None
+    outputs = answer.outputs
     if not outputs:
         raise UpstreamError(f"model {model!r} answered no outputs")
     predictions = outputs.get("label", next(iter(outputs.values())))
     if predictions.ndim == 2 and predictions.shape[1] == 1:
         predictions = predictions.reshape(-1)
     return Prediction(
-        model=response.model_name or model,
-        version=response.model_version,
+        model=answer.model or model,
+        version=answer.version,
         predictions=predictions,
         probabilities=outputs.get("probabilities"),
     )
@@ -148,7 +147,7 @@ def map_rpc_error(model: str, error: grpc.aio.AioRpcError) -> MlopsError:
 class FleetClient:
     """Predictions through one shared channel, with each model version's input cached."""
 
-    def __init__(self, target: str, max_message_bytes: int) -> None:
+    def __init__(self, target: str, max_message_bytes: int, coalesce_in_flight: int = 4) -> None:
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -162,6 +161,8 @@ class FleetClient:
         self._specs: dict[tuple[str, str], InputSpec] = {}
         # The version each model answered last: its cached input spec checks the next request.
         self._last_version: dict[str, str] = {}
+        self._coalesce_in_flight = coalesce_in_flight
+        self._coalescers: dict[tuple[str, InputSpec], RequestCoalescer] = {}
 
     async def close(self) -> None:
         await self._channel.close()
@@ -170,15 +171,29 @@ class FleetClient:
         version = self._last_version.get(model, "")
         spec = self._specs.get((model, version)) or await self._input_spec(model, version)
         array = encode_rows(model, data, spec)
-        request = infer_request(model, {spec.name: array})
         try:
-            response = await self._stub.ModelInfer(request, timeout=PREDICT_TIMEOUT_S)
+            answer = await self._coalescer(model, spec).submit(array)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 self._forget(model)
             raise map_rpc_error(model, exc) from None
-        self._last_version[model] = response.model_version
-        return to_prediction(model, response)
+        self._last_version[model] = answer.version
+        return to_prediction(model, answer)
+
+    def _coalescer(self, model: str, spec: InputSpec) -> RequestCoalescer:
+        coalescer = self._coalescers.get((model, spec))
+        if coalescer is None:
+
+            def send(rows: np.ndarray) -> Awaitable[pb.ModelInferResponse]:
+                request = infer_request(model, {spec.name: rows})
+                return self._stub.ModelInfer(request, timeout=PREDICT_TIMEOUT_S)
+
+            if self._coalesce_in_flight > 0:
+                coalescer = RequestCoalescer(send, max_in_flight=self._coalesce_in_flight)
+            else:  # each prediction its own call
+                coalescer = RequestCoalescer(send, max_rows=1, max_in_flight=1_000_000)
+            self._coalescers[(model, spec)] = coalescer
+        return coalescer
 
     async def _input_spec(self, model: str, version: str) -> InputSpec:
         try:
@@ -207,3 +222,5 @@ class FleetClient:
         self._last_version.pop(model, None)
         for key in [k for k in self._specs if k[0] == model]:
             del self._specs[key]
+        for key in [k for k in self._coalescers if k[0] == model]:
+            del self._coalescers[key]  # requests it holds still finish on it

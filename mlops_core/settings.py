@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = Field("0.0.0.0", validation_alias=_env("MLOPS_GATEWAY_HOST"))
     gateway_port: int = Field(8000, validation_alias=_env("MLOPS_GATEWAY_PORT"))
+    predict_batches_in_flight: int = Field(
+        4, validation_alias=_env("MLOPS_PREDICT_BATCHES_IN_FLIGHT")
+    )
+    """Per model, how many stacked predictions the gateway keeps in flight to the fleet;
+    predictions that arrive meanwhile are stacked into the next one. 0 sends each alone."""
     gateway_workers: int = Field(1, validation_alias=_env("MLOPS_GATEWAY_WORKERS"))
     """Gateway worker processes sharing its port; one process is bound to one core."""
     github_webhook_secret: str = Field("", validation_alias=_env("GITHUB_WEBHOOK_SECRET"))
