@@ -47,7 +47,8 @@ def training_notebook() -> str:
         (
             "mlops:training",
             "from sklearn.tree import DecisionTreeClassifier\n"
-            "model = DecisionTreeClassifier(max_depth=2).fit(X, y)\nprint('trained')",
+            "model = DecisionTreeClassifier(max_depth=2, random_state=0).fit(X, y)\n"
+            "print('trained')",
         ),
         ("mlops:export", "import joblib\njoblib.dump(model, MODEL_OUTPUT_PATH)"),
     ]
@@ -140,13 +141,15 @@ async def test_signed_push_runs_a_pipeline_watched_live_over_websocket(
     assert received[-1][0] - received[0][0] > 1.0
     assert any("trained" in line for line in lines), lines
 
+    # NOTE: both features separate the training rows, so the rows predicted below sit on the
+    # same side of either split (a tree may pick either feature).
     async with e2e_gateway.async_client() as client:
         pipeline = (await client.get(f"/pipelines/{pipeline_id}")).json()
         assert pipeline["status"] == "succeeded"
         assert pipeline["commit_sha"] == sha and pipeline["model_name"] == MODEL
         version = pipeline["model_version"]
         answer = await client.post(
-            f"/models/{MODEL}/predict", json={"data": [[1.0, 2.0], [30.0, 1.0]]}
+            f"/models/{MODEL}/predict", json={"data": [[1.0, 2.0], [30.0, 31.0]]}
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["version"] == version

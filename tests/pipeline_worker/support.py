@@ -75,7 +75,7 @@ TINY_MODEL = {
     "mlops:preprocessing": "import numpy as np\nX = np.arange(40, dtype=float).reshape(20, 2)\n"
     "y = (X[:, 0] > 20).astype(int)",
     "mlops:training": "from sklearn.tree import DecisionTreeClassifier\n"
-    "model = DecisionTreeClassifier(max_depth=2).fit(X, y)",
+    "model = DecisionTreeClassifier(max_depth=2, random_state=0).fit(X, y)",
     "mlops:export": "import joblib\njoblib.dump(model, MODEL_OUTPUT_PATH)",
 }
 
