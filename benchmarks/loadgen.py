@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 
 import grpc
 import numpy as np
 
+from benchmarks.measure import children_cpu_s, self_cpu_s
 from mlops_core.oip import infer_request
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 
@@ -121,7 +120,7 @@ def _worker(spec: LoadSpec, concurrency: int, queue: multiprocessing.Queue) -> N
 
 def run_load(spec: LoadSpec) -> LoadResult:
     """Run the load and summarise it; client CPU covers every client process."""
-    cpu_before = _children_cpu() + _self_cpu()
+    cpu_before = children_cpu_s() + self_cpu_s()
     processes = max(1, min(spec.processes, spec.concurrency))
     shares = [
         spec.concurrency // processes + (i < spec.concurrency % processes) for i in range(processes)
@@ -161,24 +160,6 @@ def run_load(spec: LoadSpec) -> LoadResult:
         p50_ms=float(pct[0]),
         p90_ms=float(pct[1]),
         p99_ms=float(pct[2]),
-        client_cpu_s=_children_cpu() + _self_cpu() - cpu_before,
+        client_cpu_s=children_cpu_s() + self_cpu_s() - cpu_before,
         error_codes=codes,
     )
-
-
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds used so far by a process (for the server's share in a cell)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks

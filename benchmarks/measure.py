@@ -36,6 +36,12 @@ def percentiles_ms(latencies_ms: np.ndarray) -> tuple[float, float, float]:
     return float(p50), float(p90), float(p99)
 
 
+def self_cpu_s() -> float:
+    """CPU seconds used so far by this process (a Python client's own share)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def children_cpu_s() -> float:
     """CPU of every reaped child so far: a native client's share is the change across its run
     (the servers, still running, are not reaped during a cell)."""

@@ -9,7 +9,6 @@ p99 during the swaps come from the same client in the same run.
 from __future__ import annotations
 
 import asyncio
-import resource
 import time
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import grpc
 import numpy as np
 from redis.asyncio import Redis
 
+from benchmarks.measure import self_cpu_s
 from mlops_core import fleet_state
 from mlops_core.fleet_state import DesiredModel
 from mlops_core.protocol import open_inference_pb2 as pb
@@ -92,7 +92,7 @@ async def swap_under_load(
                 continue
             calls.append(Call(started, time.perf_counter() - started, response.model_version, "OK"))
 
-    cpu_before = _self_cpu()
+    cpu_before = self_cpu_s()
     clients = [asyncio.create_task(client(i)) for i in range(concurrency)]
     rollouts: list[float] = []
     try:
@@ -132,11 +132,6 @@ async def swap_under_load(
             "each": [round(r, 3) for r in rollouts],
         },
         "last_version": versions[-1],
-        "client_cpu_s": round(_self_cpu() - cpu_before, 3),
+        "client_cpu_s": round(self_cpu_s() - cpu_before, 3),
         "elapsed_s": elapsed,
     }
-
-
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
