@@ -10,23 +10,9 @@ from typing import Any
 import numpy as np
 
 from mlops_core.errors import InvalidInput
+from mlops_core.oip import CONTENTS_FIELD
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.signature import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorSpec
-
-# Which `InferTensorContents` field carries each datatype when values are sent typed.
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
 
 
 def describe(spec: TensorSpec) -> str:

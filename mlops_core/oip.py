@@ -9,6 +9,21 @@ import numpy as np
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.signature import NUMPY_TO_OIP, OIP_TO_NUMPY
 
+# Which `InferTensorContents` field carries each datatype when values are sent typed.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
 
 def infer_request(
     model: str,
@@ -40,13 +55,6 @@ def response_arrays(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
         if raw:
             arrays[tensor.name] = np.frombuffer(raw[index], dtype=dtype).reshape(shape)
         else:
-            field = {
-                "FP32": "fp32_contents",
-                "FP64": "fp64_contents",
-                "INT64": "int64_contents",
-                "INT32": "int_contents",
-                "BOOL": "bool_contents",
-            }[tensor.datatype]
-            values = getattr(tensor.contents, field)
+            values = getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype])
             arrays[tensor.name] = np.asarray(values, dtype=dtype).reshape(shape)
     return arrays
