@@ -5,21 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from benchmarks.servers import free_port, port_open
+
+__all__ = ["REPO_ROOT", "VENV_BIN", "ManagedProcess", "free_port", "port_open"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ManagedProcess:
@@ -106,9 +103,3 @@ class ManagedProcess:
             os.killpg(self.pid, signal.SIGKILL)
             assert self.proc is not None
             self.proc.wait(timeout=5)
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
