@@ -267,11 +267,6 @@ class ModelRepository:
             self.metrics.loaded.labels(name).set(0)
             log.info("model %s removed", name)
 
-    def forget_failure(self, name: str, version: str) -> None:
-        entry = self._models.get(name)
-        if entry is not None:
-            entry.failed.pop(version, None)
-
 
 def _version_key(version: str) -> int:
     return int(version) if version.isdigit() else 0

@@ -12,7 +12,7 @@ import numpy as np
 from mlops_core.errors import InvalidInput
 from mlops_core.oip import CONTENTS_FIELD
 from mlops_core.protocol import open_inference_pb2 as pb
-from mlops_core.signature import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorSpec
+from mlops_core.signature import NUMPY_TO_OIP, TensorSpec
 
 
 def describe(spec: TensorSpec) -> str:
@@ -125,7 +125,3 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
         return NUMPY_TO_OIP[np.dtype(dtype)]
     except KeyError:
         raise InvalidInput(f"datatype {dtype} has no Open Inference Protocol name") from None
-
-
-def to_numpy_dtype(datatype: str) -> np.dtype[Any]:
-    return OIP_TO_NUMPY[datatype]
