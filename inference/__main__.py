@@ -10,6 +10,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from inference.cpus import pin_process
 from inference.server import ReplicaOptions, run_replica
 from mlops_core.settings import Settings
 
@@ -56,12 +57,24 @@ def parse_args(settings: Settings, argv: list[str] | None = None) -> argparse.Na
     )
     parser.add_argument("--max-batch-size", type=int, default=settings.max_batch_size)
     parser.add_argument("--max-queue-delay-us", type=int, default=settings.max_queue_delay_us)
+    parser.add_argument(
+        "--batch-min-fixed-us",
+        type=int,
+        default=settings.batch_min_fixed_us,
+        help="batch only models whose calls cost this much whatever their rows "
+        "(MLOPS_BATCH_MIN_FIXED_US)",
+    )
     parser.add_argument("--no-batching", action="store_true", default=not settings.batching)
     parser.add_argument(
-        "--inline-below-us",
+        "--grpc-threads",
         type=int,
-        default=settings.inline_below_us,
-        help="run calls faster than this on the event loop (MLOPS_INLINE_BELOW_US)",
+        default=settings.grpc_threads,
+        help="requests handled at once (MLOPS_GRPC_THREADS)",
+    )
+    parser.add_argument(
+        "--cpus",
+        default=settings.cpus,
+        help="run on these CPUs only, e.g. 0 or 0-1 (MLOPS_CPUS); default: any",
     )
     return parser.parse_args(argv)
 
@@ -74,14 +87,22 @@ def main(argv: list[str] | None = None) -> None:
             "replica_id": args.replica_id,
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_us": args.max_queue_delay_us,
+            "batch_min_fixed_us": args.batch_min_fixed_us,
             "batching": not args.no_batching,
-            "inline_below_us": args.inline_below_us,
+            "grpc_threads": args.grpc_threads,
+            "cpus": args.cpus,
         }
     )
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [{args.replica_id}] %(name)s: %(message)s",
     )
+    try:
+        pinned = pin_process(settings.cpus)
+    except ValueError as exc:
+        raise SystemExit(f"python -m inference: {exc}") from exc
+    if pinned is not None:
+        logging.getLogger("inference").info("running on CPUs %s", sorted(pinned))
     options = ReplicaOptions(
         model_repository=args.model_repository.resolve(),
         grpc_port=args.grpc_port,

@@ -1,16 +1,15 @@
 """The models a replica has loaded, and the hot-swap primitive that rollouts and rollbacks use.
 
 A version is loaded and warmed before it can become active; activation is one assignment
-on the event loop, so it is atomic for every request. A request resolves its version once,
-when it starts, and holds it until it ends: a swap or an unload never changes the version
-of a request in flight.
+on the event loop, so it is atomic for every request (requests run on the gRPC server's
+threads and only read). A request resolves its version once, when it starts, and holds it
+until it ends: a swap or an unload never changes the version of a request in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,10 @@ class BatchingPolicy:
     enabled: bool = True
     max_batch_size: int = 64
     max_queue_delay_us: int = 0
-    inline_below_us: int = 0
+    min_fixed_cost_us: int = 0
+    """Batch a model only when one call costs at least this much regardless of its rows:
+    that is all that merging requests saves, and waking the threads that share a call costs
+    some microseconds each."""
 
 
 class LoadedVersion:
@@ -41,14 +43,12 @@ class LoadedVersion:
         name: str,
         version: str,
         model: OnnxModel,
-        executor: Executor,
         policy: BatchingPolicy,
         metrics: ReplicaMetrics,
     ) -> None:
         self.name = name
         self.version = version
         self.model = model
-        self._executor = executor
         self.requests = metrics.requests.labels(name, version)
         self.latency = metrics.latency.labels(name, version)
         self._failures = metrics.failures
@@ -63,32 +63,36 @@ class LoadedVersion:
             if signature.max_queue_delay_us is not None
             else policy.max_queue_delay_us
         )
+        cost = model.call_cost
+        self.batched = (
+            policy.enabled
+            and max_rows > 1
+            and cost is not None
+            and cost.fixed_s * 1e6 >= policy.min_fixed_cost_us
+        )
         self.batcher: DynamicBatcher | None = None
-        if policy.enabled and max_rows > 1 and model.batchable:
+        if self.batched:
             queue_time = metrics.queue_time.labels(name, version)
             batch_rows = metrics.batch_rows.labels(name, version)
             self.batcher = DynamicBatcher(
                 model.run,
-                executor,
                 max_batch_size=max_rows,
                 max_queue_delay_us=delay,
                 observer=BatchObserver(
                     on_batch=batch_rows.observe, on_queue_time=queue_time.observe
                 ),
-                inline_below_us=policy.inline_below_us,
-                expected_call_s=model.warm_call_s,
             )
 
     @property
     def signature(self) -> ModelSignature:
         return self.model.signature
 
-    async def infer(self, inputs: Arrays, rows: int) -> Arrays:
+    def infer(self, inputs: Arrays, rows: int) -> Arrays:
+        """Run on the calling thread (a gRPC server thread), batched with concurrent calls."""
         if self.batcher is not None:
-            return await self.batcher.infer(inputs, rows)
-        loop = asyncio.get_running_loop()
+            return self.batcher.infer(inputs, rows)
         try:
-            return await loop.run_in_executor(self._executor, self.model.run, inputs)
+            return self.model.run(inputs)
         except Exception as exc:  # onnxruntime rejects values it cannot compute on
             raise InvalidInput(f"the model could not run on this input: {exc}") from exc
 
@@ -109,14 +113,12 @@ class ModelRepository:
     def __init__(
         self,
         source: ModelSource,
-        executor: Executor,
         metrics: ReplicaMetrics,
         policy: BatchingPolicy,
         keep_versions: int = 3,
         intra_op_threads: int = 1,
     ) -> None:
         self.source = source
-        self.executor = executor
         self.metrics = metrics
         self.policy = policy
         self.keep_versions = max(1, keep_versions)
@@ -198,11 +200,20 @@ class ModelRepository:
             entry.failed[version] = exc.message
             log.warning("model %s version %s failed to load: %s", name, version, exc.message)
             raise ModelLoadError(f"model {name!r} version {version!r}: {exc.message}") from exc
-        loaded = LoadedVersion(name, version, model, self.executor, self.policy, self.metrics)
+        loaded = LoadedVersion(name, version, model, self.policy, self.metrics)
         entry.versions[version] = loaded
         entry.failed.pop(version, None)
         self.metrics.loaded.labels(name).set(len(entry.versions))
-        log.info("model %s version %s loaded", name, version)
+        cost = model.call_cost
+        log.info(
+            "model %s version %s loaded; %s",
+            name,
+            version,
+            "not batchable"
+            if cost is None
+            else f"a call costs {cost.fixed_s * 1e6:.1f} us + {cost.per_row_s * 1e6:.2f} us/row: "
+            + ("batched" if loaded.batched else "not batched"),
+        )
         return loaded
 
     def _open_and_warm(self, directory: Path) -> OnnxModel:

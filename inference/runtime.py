@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ ORT_TO_OIP = {
 }
 
 
+@dataclass(frozen=True)
+class CallCost:
+    """One call's duration as fixed + per_row * rows: what merging requests can save."""
+
+    fixed_s: float
+    per_row_s: float
+
+
 class OnnxModel:
     """An onnxruntime session with the signature read from its graph (and signature.json)."""
 
@@ -48,8 +58,8 @@ class OnnxModel:
             raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.signature = self._signature(directory)
         self._output_names = [o.name for o in self.signature.outputs]
-        self.warm_call_s = 1.0
-        """Duration of one single-row call, measured by `warm()`."""
+        self.call_cost: CallCost | None = None
+        """Measured by `warm()` for a batchable model."""
 
     def _signature(self, directory: Path) -> ModelSignature:
         inputs = [_spec(i) for i in self.session.get_inputs()]
@@ -82,19 +92,40 @@ class OnnxModel:
         results = self.session.run(self._output_names, inputs)
         return dict(zip(self._output_names, results, strict=True))
 
-    def warm(self) -> None:
-        """One inference on a row of zeros, so the first real request pays no set-up cost."""
-        row: dict[str, Any] = {
-            t.name: np.zeros([1 if d < 0 else d for d in t.shape], dtype=t.numpy_dtype)
+    def warm(self, batch_rows: int = 64) -> None:
+        """Inference on zeros, so the first real request pays no set-up cost. For a batchable
+        model, also time 1-row and `batch_rows`-row calls into `call_cost`."""
+        try:
+            self.run(self._zeros(1))
+            if self.batchable and batch_rows > 1:
+                self.call_cost = self._measure_cost(batch_rows)
+        except Exception as exc:  # a model that cannot run must not become active
+            raise ModelLoadError(f"warm-up inference failed: {exc}") from exc
+
+    def _zeros(self, rows: int) -> dict[str, Any]:
+        return {
+            t.name: np.zeros(
+                [rows if i == 0 and d < 0 else max(d, 1) for i, d in enumerate(t.shape)],
+                dtype=t.numpy_dtype,
+            )
             for t in self.signature.inputs
         }
-        try:
-            self.run(row)
-            started = time.perf_counter()
-            self.run(row)
-            self.warm_call_s = time.perf_counter() - started
-        except Exception as exc:  # a model that cannot run one row must not become active
-            raise ModelLoadError(f"warm-up inference failed: {exc}") from exc
+
+    def _measure_cost(self, rows: int) -> CallCost:
+        one, many = self._zeros(1), self._zeros(rows)
+        first = _seconds(self.run, many)
+        # NOTE: the fastest of a few repeats, as noise only ever adds time; one for slow models.
+        repeats = 5 if first < 0.05 else 1
+        single = min(_seconds(self.run, one) for _ in range(repeats))
+        batch = min(_seconds(self.run, many) for _ in range(repeats))
+        per_row = max(0.0, (batch - single) / (rows - 1))
+        return CallCost(fixed_s=max(0.0, single - per_row), per_row_s=per_row)
+
+
+def _seconds(call: Callable[[dict[str, Any]], object], inputs: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    call(inputs)
+    return time.perf_counter() - started
 
 
 def _spec(node: Any) -> TensorSpec:

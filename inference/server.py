@@ -70,27 +70,23 @@ class Replica:
         self.settings = settings
         self.options = options
         self.metrics = ReplicaMetrics()
-        # NOTE: onnxruntime releases the GIL, so a small pool lets calls for different models
-        # (or a batch and a warm-up) overlap; one intra-op thread each suits tiny models.
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort")
         self.repository = ModelRepository(
             self._source(),
-            self.executor,
             self.metrics,
             BatchingPolicy(
                 enabled=settings.batching,
                 max_batch_size=settings.max_batch_size,
                 max_queue_delay_us=settings.max_queue_delay_us,
-                inline_below_us=settings.inline_below_us,
+                min_fixed_cost_us=settings.batch_min_fixed_us,
             ),
             keep_versions=settings.keep_versions,
             intra_op_threads=settings.ort_intra_op_threads,
         )
         self.ready = False
-        self.health = health.aio.HealthServicer()
+        self.health = health.HealthServicer()
         self.reconciler: FleetReconciler | None = None
         self.redis: Redis | None = None
-        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_server: grpc.Server | None = None
         self.http_server: StatusHttpServer | None = None
 
     def _source(self) -> ModelSource:
@@ -103,24 +99,29 @@ class Replica:
 
     async def start(self) -> None:
         limit = self.settings.max_message_bytes
-        self.grpc_server = grpc.aio.server(
+        # NOTE: the synchronous server, not grpc.aio: each request is handled start to end on
+        # one of its threads, where grpc.aio crosses from its poller thread to the event loop
+        # several times per call. Measured with h2load on iris LR, one replica on one CPU:
+        # 0.42 ms p50 for a lone client against 0.53 ms, and about 1.6x the requests/s at 64.
+        self.grpc_server = grpc.server(
+            ThreadPoolExecutor(self.settings.grpc_threads, thread_name_prefix="grpc"),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1),
-            ]
+            ],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.repository, lambda: self.ready), self.grpc_server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         host = self.settings.grpc_host
         self.grpc_server.add_insecure_port(f"{host}:{self.options.grpc_port}")
         if self.options.private_grpc_port:
             self.grpc_server.add_insecure_port(f"{host}:{self.options.private_grpc_port}")
-        await self.grpc_server.start()
+        self.grpc_server.start()
         self.http_server = StatusHttpServer(
             host,
             self.options.http_port,
@@ -160,21 +161,21 @@ class Replica:
         gc_tuning.tune_for_serving()
         self.ready = True
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("replica %s ready: %s", self.settings.replica_id, self.repository.model_names())
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self.ready = False
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
         if self.reconciler is not None:
             await self.reconciler.stop()
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace_s)
+            stopped = self.grpc_server.stop(grace_s)
+            await asyncio.to_thread(stopped.wait)
         if self.http_server is not None:
             await self.http_server.stop()
         if self.redis is not None:
             await self.redis.aclose()
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _health(self) -> tuple[int, str, bytes]:
         served = {

@@ -1,9 +1,13 @@
-"""The Open Inference Protocol v2 gRPC servicer: wire in, repository call, wire out."""
+"""The Open Inference Protocol v2 gRPC servicer: wire in, repository call, wire out.
+
+It runs on the synchronous grpcio server's threads: a request is decoded, run (batched with
+concurrent ones) and encoded on the thread that received it, with no hop to an event loop.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -22,17 +26,15 @@ PLATFORM = "onnxruntime_onnx"
 Response = TypeVar("Response")
 
 
-def grpc_errors(
-    handler: Callable[..., Awaitable[Response]],
-) -> Callable[..., Awaitable[Response]]:
+def grpc_errors(handler: Callable[..., Response]) -> Callable[..., Response]:
     """Map our errors to their gRPC status codes, in one place."""
 
     @wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Response:
         try:
-            return await handler(self, request, context)
+            return handler(self, request, context)
         except MlopsError as exc:
-            await context.abort(exc.grpc_code, exc.message)
+            context.abort(exc.grpc_code, exc.message)
             raise  # unreachable: abort raises
 
     return wrapper
@@ -43,30 +45,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.repository = repository
         self._is_ready = is_ready
 
-    async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: Any
-    ) -> pb.ServerLiveResponse:
+    def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: Any
-    ) -> pb.ServerReadyResponse:
+    def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._is_ready())
 
-    async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: Any
-    ) -> pb.ModelReadyResponse:
+    def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(
             ready=self.repository.is_ready(request.name, request.version or None)
         )
 
-    async def ServerMetadata(
+    def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
     @grpc_errors
-    async def ModelMetadata(
+    def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
         loaded = self.repository.resolve(request.name, request.version or None)
@@ -81,8 +77,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             field.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return response
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
     ) -> pb.ModelInferResponse:
         started = time.perf_counter()
         loaded: LoadedVersion | None = None
@@ -92,12 +88,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             signature = loaded.signature
             inputs, rows = tensors.decode_inputs(request, signature.inputs)
             names = tensors.requested_output_names(request, signature.outputs)
-            outputs = await loaded.infer(inputs, rows)
+            outputs = loaded.infer(inputs, rows)
             response = tensors.encode_response(request, loaded.name, loaded.version, outputs, names)
         except MlopsError as exc:
             if loaded is not None:
                 loaded.count_failure(exc.grpc_code.name)
-            await context.abort(exc.grpc_code, exc.message)
+            context.abort(exc.grpc_code, exc.message)
             raise
         loaded.latency.observe(time.perf_counter() - started)
         return response

@@ -63,14 +63,21 @@ class Settings(BaseSettings):
     """Rows gathered into one onnxruntime call at most (overridable per model)."""
     max_queue_delay_us: int = Field(0, validation_alias=_env("MLOPS_MAX_QUEUE_DELAY_US"))
     """How long a non-empty queue waits for more rows, in microseconds (per model too)."""
-    inline_below_us: int = Field(200, validation_alias=_env("MLOPS_INLINE_BELOW_US"))
-    """Run a model's batches on the event loop when its calls take less than this (µs): for
-    tiny models a thread hand-off costs more than the call. 0 always uses the worker thread."""
+    batch_min_fixed_us: int = Field(50, ge=0, validation_alias=_env("MLOPS_BATCH_MIN_FIXED_US"))
+    """Batch a model only if a call costs at least this (µs) whatever its rows, measured at
+    load: merging saves only that, and each request sharing a call costs a thread wake-up.
+    0 batches every batchable model."""
+    grpc_threads: int = Field(16, ge=1, validation_alias=_env("MLOPS_GRPC_THREADS"))
+    """A replica's gRPC server threads: the requests it decodes, runs and encodes at once
+    (more wait in grpcio's queue). Concurrent requests of one model share onnxruntime calls."""
+    cpus: str = Field("", validation_alias=_env("MLOPS_CPUS"))
+    """CPUs a replica runs on, as `taskset` writes them ("0", "0-3", "1,3"); empty: any.
+    One CPU per replica, each its own, is fastest with several replicas on a small machine:
+    a process's threads then never pass the GIL between cores."""
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", validation_alias=_env("MLOPS_EVENT_LOOP")
     )
-    """A replica's event loop. Measured with h2load on iris LR: uvloop serves 13-22 % more
-    requests/s at 64 clients; asyncio answers a lone client about 0.08 ms sooner (p50)."""
+    """The event loop of a replica's control plane: loading, fleet reconcile, status HTTP."""
     keep_versions: int = Field(3, validation_alias=_env("MLOPS_KEEP_VERSIONS"))
     """Versions per model kept loaded (active included) so a rollback is an instant flip."""
     ort_intra_op_threads: int = Field(1, validation_alias=_env("MLOPS_ORT_INTRA_OP_THREADS"))
@@ -119,6 +126,8 @@ class Settings(BaseSettings):
     replicas: int = Field(2, ge=1, validation_alias=_env("MLOPS_REPLICAS"))
     """Inference replicas `make run` starts. They share the public gRPC port (SO_REUSEPORT);
     replica i also has HTTP port http_port+i and private gRPC port private_grpc_port_base+i."""
+    pin_replicas: bool = Field(True, validation_alias=_env("MLOPS_PIN_REPLICAS"))
+    """`make run` runs replica i on the i-th CPU it may use (round robin; `--cpus`)."""
     private_grpc_port_base: int = Field(
         50061, validation_alias=_env("MLOPS_PRIVATE_GRPC_PORT_BASE")
     )

@@ -127,7 +127,10 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
     )  # fmt: skip
     private_ports = [settings.private_grpc_port_base + i for i in range(settings.replicas)]
     replica_urls = [f"http://127.0.0.1:{settings.http_port + i}" for i in range(settings.replicas)]
+    # NOTE: only Linux can pin (sched_setaffinity); elsewhere replicas run where the OS puts them.
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     for i, (private_port, url) in enumerate(zip(private_ports, replica_urls, strict=True)):
+        pin = ["--cpus", str(cpus[i % len(cpus)])] if settings.pin_replicas and cpus else []
         services.append(
             Service(
                 f"inference.{i}",
@@ -139,6 +142,7 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
                     "--replica-id", f"replica-{i}",
                     "--redis-url", redis_url,
                     "--model-source", "mlflow",
+                    *pin,
                 ],
                 env={**shared, "MLOPS_MODEL_REPOSITORY": str(data / f"replica-{i}" / "models")},
                 # NOTE: /ready, not /health: a replica is ready once its first reconcile has

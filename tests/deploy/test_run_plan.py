@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -57,6 +58,8 @@ def test_defaults_start_every_service_on_the_documented_ports(tmp_path: Path) ->
         assert flag(replica.argv, "--replica-id") == f"replica-{i}"
         assert flag(replica.argv, "--model-source") == "mlflow"
         assert flag(replica.argv, "--redis-url") == stack.redis_url
+        cpus = sorted(os.sched_getaffinity(0))
+        assert flag(replica.argv, "--cpus") == str(cpus[i % len(cpus)])  # one CPU each
         assert replica.env["MLOPS_MODEL_REPOSITORY"] == str(tmp_path / f"replica-{i}" / "models")
         assert replica.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
         assert replica.ready == HttpReady(f"http://127.0.0.1:{8001 + i}/ready")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -32,17 +31,11 @@ class GatedSource(DirectorySource):
 
 
 def make_repository(
-    source: DirectorySource, executor: ThreadPoolExecutor, keep_versions: int = 3
+    source: DirectorySource, keep_versions: int = 3, policy: BatchingPolicy | None = None
 ) -> ModelRepository:
     return ModelRepository(
-        source, executor, ReplicaMetrics(), BatchingPolicy(), keep_versions=keep_versions
+        source, ReplicaMetrics(), policy or BatchingPolicy(), keep_versions=keep_versions
     )
-
-
-@pytest.fixture(scope="module")
-def executor():
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 @pytest.fixture

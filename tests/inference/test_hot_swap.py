@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
+from inference.repository import BatchingPolicy
 from inference.sources import DirectorySource
 from mlops_core.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from mlops_core.oip import infer_request
@@ -31,8 +32,8 @@ def swap_repo(iris_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return root
 
 
-async def test_swap_activates_and_keeps_previous_loaded(swap_repo: Path, executor) -> None:
-    repo = make_repository(DirectorySource(swap_repo), executor)
+async def test_swap_activates_and_keeps_previous_loaded(swap_repo: Path) -> None:
+    repo = make_repository(DirectorySource(swap_repo))
     await repo.swap("iris", "1")
     assert repo.resolve("iris", None).version == "1"
     await repo.swap("iris", "2")
@@ -44,20 +45,20 @@ async def test_swap_activates_and_keeps_previous_loaded(swap_repo: Path, executo
     assert repo.served()["iris"].active == "1"
 
 
-async def test_failed_load_leaves_active_version_serving(swap_repo: Path, executor) -> None:
-    repo = make_repository(DirectorySource(swap_repo), executor)
+async def test_failed_load_leaves_active_version_serving(swap_repo: Path) -> None:
+    repo = make_repository(DirectorySource(swap_repo))
     await repo.swap("iris", "2")
     with pytest.raises(ModelLoadError, match="version '3'"):
         await repo.swap("iris", "3")
     assert repo.resolve("iris", None).version == "2"
     served = repo.served()["iris"]
     assert served.active == "2" and "3" in served.failed
-    out = await repo.resolve("iris", None).infer({"input": ROW}, 1)
+    out = repo.resolve("iris", None).infer({"input": ROW}, 1)
     assert out["label"].shape == (1,)
 
 
-async def test_keeps_only_the_last_n_versions(swap_repo: Path, executor) -> None:
-    repo = make_repository(DirectorySource(swap_repo), executor, keep_versions=2)
+async def test_keeps_only_the_last_n_versions(swap_repo: Path) -> None:
+    repo = make_repository(DirectorySource(swap_repo), keep_versions=2)
     for version in ("1", "2", "4"):
         await repo.swap("iris", version)
     assert repo.served()["iris"].loaded == ["2", "4"]
@@ -66,28 +67,35 @@ async def test_keeps_only_the_last_n_versions(swap_repo: Path, executor) -> None
 
 
 async def test_request_in_flight_finishes_on_its_version(swap_repo: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
+    repo = make_repository(DirectorySource(swap_repo), keep_versions=1)
+    await repo.swap("iris", "1")
+    v1 = repo.resolve("iris", None)
+    expected_v1 = v1.infer({"input": ROW}, 1)
+    # Hold a request inside version 1's batcher: a first request occupies the call, so the
+    # second queues behind it, both on version 1, while 2 becomes active and 1 is unloaded.
+    entered, release = threading.Event(), threading.Event()
+    run = v1.batcher._run  # type: ignore[union-attr]
 
-    with ThreadPoolExecutor(1) as single:
-        repo = make_repository(DirectorySource(swap_repo), single, keep_versions=1)
-        await repo.swap("iris", "1")
-        expected_v1 = await repo.resolve("iris", None).infer({"input": ROW}, 1)
-        release = threading.Event()
-        blocker = asyncio.get_running_loop().run_in_executor(single, release.wait)
-        v1 = repo.resolve("iris", None)
-        in_flight = asyncio.ensure_future(v1.infer({"input": ROW}, 1))
-        await asyncio.sleep(0.01)
-        await repo.swap("iris", "2")  # activates 2 and unloads 1 (keep_versions=1)
-        assert repo.served()["iris"].loaded == ["2"]
-        release.set()
-        await blocker
-        result = await in_flight
+    def held(inputs):
+        entered.set()
+        release.wait(10)
+        return run(inputs)
+
+    v1.batcher._run = held  # type: ignore[union-attr]
+    first = asyncio.ensure_future(asyncio.to_thread(v1.infer, {"input": ROW}, 1))
+    assert await asyncio.to_thread(entered.wait, 10)
+    queued = asyncio.ensure_future(asyncio.to_thread(v1.infer, {"input": ROW}, 1))
+    await asyncio.sleep(0.01)
+    await repo.swap("iris", "2")  # activates 2 and unloads 1 (keep_versions=1)
+    assert repo.served()["iris"].loaded == ["2"]
+    release.set()
+    for result in await asyncio.gather(first, queued):
         np.testing.assert_array_equal(result["probabilities"], expected_v1["probabilities"])
 
 
-async def test_loading_model_is_unavailable_then_serves(swap_repo: Path, executor) -> None:
+async def test_loading_model_is_unavailable_then_serves(swap_repo: Path) -> None:
     source = GatedSource(swap_repo)
-    repo = make_repository(source, executor)
+    repo = make_repository(source)
     loading = asyncio.ensure_future(repo.swap("iris", "1"))
     await asyncio.sleep(0.01)
     with pytest.raises(ModelNotReady) as caught:
@@ -100,8 +108,22 @@ async def test_loading_model_is_unavailable_then_serves(swap_repo: Path, executo
     assert repo.resolve("iris", None).version == "1"
 
 
-async def test_unknown_model_and_bad_version(swap_repo: Path, executor) -> None:
-    repo = make_repository(DirectorySource(swap_repo), executor)
+@pytest.mark.parametrize(("threshold_us", "batched"), [(0, True), (1_000_000, False)])
+async def test_batching_only_where_a_call_has_a_fixed_cost_to_share(
+    swap_repo: Path, threshold_us: int, batched: bool
+) -> None:
+    policy = BatchingPolicy(min_fixed_cost_us=threshold_us)
+    repo = make_repository(DirectorySource(swap_repo), policy=policy)
+    loaded = await repo.load("iris", "2")
+    cost = loaded.model.call_cost
+    assert cost is not None and cost.fixed_s > 0 and cost.per_row_s > 0  # RF: rows cost too
+    assert loaded.batched is batched and (loaded.batcher is not None) is batched
+    out = loaded.infer({"input": np.repeat(ROW, 3, axis=0)}, 3)
+    assert out["label"].shape == (3,)
+
+
+async def test_unknown_model_and_bad_version(swap_repo: Path) -> None:
+    repo = make_repository(DirectorySource(swap_repo))
     with pytest.raises(ModelNotFound, match="not served here"):
         repo.resolve("nope", None)
     with pytest.raises(ModelLoadError, match="not in"):
