@@ -4,6 +4,7 @@ the very joblib files our ONNX models came from) and the minimal grpcio + onnxru
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,11 +99,14 @@ def _models_ready(url: str, names: dict[str, Path]) -> bool:
     )
 
 
-def start_baseline(repository: Path, workdir: Path) -> ServerGroup:
+def start_baseline(repository: Path, workdir: Path, pinned: bool = False) -> ServerGroup:
+    """The minimal server; `pinned` runs it under `taskset` on one CPU, as ours run."""
     port = free_port()
+    name = "baseline-pinned" if pinned else "baseline"
     proc = Proc(
-        "baseline",
+        name,
         [
+            *(["taskset", "-c", str(min(os.sched_getaffinity(0)))] if pinned else []),
             sys.executable,
             "-m",
             "benchmarks.baseline_server",
@@ -110,7 +114,7 @@ def start_baseline(repository: Path, workdir: Path) -> ServerGroup:
         ],
         workdir / "logs",
     )
-    group = ServerGroup("baseline", f"127.0.0.1:{port}", None, {"baseline": [proc]})
+    group = ServerGroup(name, f"127.0.0.1:{port}", None, {"baseline": [proc]})
     try:
         proc.wait_until(lambda: port_open(port), 60)
     except Exception:

@@ -21,17 +21,18 @@ def label(key: str) -> str:
     """A server key as the report names it."""
     fixed = {
         "baseline": "minimal grpcio + onnxruntime",
+        "baseline-pinned": "minimal grpcio + onnxruntime, pinned to 1 CPU",
         "mlserver": "MLServer 1.7.1",
         "mlserver-batch": "MLServer 1.7.1, adaptive batching (32, 2 ms)",
         "gateway": "our gateway (REST) → fleet",
     }
     if key in fixed:
         return fixed[key]
-    match = re.fullmatch(r"ours-(\d+)r-(batch|nobatch)", key)
+    match = re.fullmatch(r"ours-(\d+)r(-batch)?", key)
     if match is None:
         return key
-    n, batching = int(match.group(1)), match.group(2) == "batch"
-    return f"ours, {n} replica{'s' * (n > 1)}, batching {'on' if batching else 'off'}"
+    n, forced = int(match.group(1)), match.group(2) is not None
+    return f"ours, {n} replica{'s' * (n > 1)}" + (", batching forced" if forced else "")
 
 
 def find(results: Results, server: str, load: str) -> Cell | None:
@@ -114,7 +115,7 @@ def goals(results: Results) -> list[Goal]:
         ),
         _ratio_goal(
             "gRPC single-row LR, c=1: p50 vs minimal grpcio + onnxruntime (idle cost)",
-            find(results, "ours-1r-batch", "lr-c1"),
+            find(results, "ours-1r", "lr-c1"),
             find(results, "baseline", "lr-c1"),
             "p50_ms",
             at_most=1.2,

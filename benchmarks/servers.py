@@ -137,9 +137,12 @@ def start_replicas(
     extra_args: Sequence[str] = (),
     redis_url: str | None = None,
     env: dict[str, str] | None = None,
+    pin: bool = True,
 ) -> tuple[list[Proc], int, list[int]]:
     """`replicas` processes sharing one gRPC port (SO_REUSEPORT), each with its own HTTP port
-    and private gRPC port; returns them, the shared port and the private ports."""
+    and private gRPC port, replica i on CPU i (round robin) as `make run` places them unless
+    `pin` is false; returns them, the shared port and the private ports."""
+    cpus = sorted(os.sched_getaffinity(0))
     grpc_port = free_port()
     private_ports = [free_port() for _ in range(replicas)]
     procs = []
@@ -155,6 +158,7 @@ def start_replicas(
             *("--http-port", str(http_port)),
             *("--replica-id", f"bench-{i}"),
             *(["--redis-url", redis_url] if redis_url else []),
+            *(["--cpus", str(cpus[i % len(cpus)])] if pin else []),
             *extra_args,
         ]
         proc = Proc(

@@ -75,13 +75,14 @@ def test_mlserver_rest_body_is_an_oip_tensor():
     }
 
 
-def test_server_matrix_has_one_and_n_replicas_with_and_without_batching():
+def test_server_matrix_has_one_and_n_replicas_with_defaults_and_forced_batching():
     assert server_keys(Plan(replicas=3)) == [
+        "ours-1r",
         "ours-1r-batch",
-        "ours-1r-nobatch",
+        "ours-3r",
         "ours-3r-batch",
-        "ours-3r-nobatch",
         "baseline",
+        "baseline-pinned",
     ]
     assert server_keys(Plan(peers=True, servers=["mlserver", "baseline"])) == [
         "baseline",
