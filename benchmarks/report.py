@@ -310,8 +310,9 @@ def render_markdown(results: Results, plot_file: str | None = PLOT_FILE) -> str:
         "",
         "## REST predict, single-row iris LR, c=64 (wrk)",
         "",
-        f"The gateway forwards to {plan['replicas']} replicas in fleet mode (batching on) over "
-        "one gRPC channel; MLServer answers on its own REST port (`/v2/models/<name>/infer`).",
+        f"The gateway forwards to {plan['replicas']} replicas in fleet mode (defaults, one CPU "
+        "each) over one gRPC channel; MLServer answers on its own REST port "
+        "(`/v2/models/<name>/infer`).",
         "",
     ]
     rest_rows = []
@@ -443,7 +444,7 @@ def _profile_section(results: Results) -> list[str]:
     profiles = []
     if "replica" in results.get("profile", {}):
         profiles.append(
-            ("one replica (batching on) under gRPC LR c=64", results["profile"]["replica"])
+            ("one replica (defaults) under gRPC LR c=64", results["profile"]["replica"])
         )
     for cell in results["cells"]:
         if "profile" in cell:
