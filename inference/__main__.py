@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from inference.cpus import pin_process
-from inference.server import ReplicaOptions, run_replica
+from inference.grpc_core import apply_server_experiments
 from mlops_core.settings import Settings
 
 
@@ -80,6 +80,10 @@ def parse_args(settings: Settings, argv: list[str] | None = None) -> argparse.Na
 
 
 def main(argv: list[str] | None = None) -> None:
+    apply_server_experiments()
+    # NOTE: imported only now: grpc core reads GRPC_EXPERIMENTS once, when it is first loaded.
+    from inference.server import ReplicaOptions, run_replica
+
     settings = Settings()
     args = parse_args(settings, argv)
     settings = settings.model_copy(
