@@ -131,7 +131,7 @@ class ModelRepository:
         """The version a request runs on: the one named, or the model's active version."""
         entry = self._models.get(name)
         if entry is None or (not entry.versions and not self._is_loading(name)):
-            served = sorted(n for n, e in self._models.items() if e.versions)
+            served = self.model_names()
             raise ModelNotFound(f"model {name!r} is not served here; served models: {served}")
         if not version:
             if entry.active is None:
@@ -147,11 +147,14 @@ class ModelRepository:
             f"{sorted(entry.versions, key=_version_key)}"
         )
 
+    # NOTE: the readers below run on gRPC server threads while the event loop adds and removes
+    # entries. list() copies a dict in one step under the GIL; iterating it directly in Python
+    # code could raise "dictionary changed size during iteration".
     def _is_loading(self, name: str) -> bool:
-        return any(n == name for n, _ in self._loading)
+        return any(n == name for n, _ in list(self._loading))
 
     def model_names(self) -> list[str]:
-        return sorted(n for n, e in self._models.items() if e.versions)
+        return sorted(n for n, e in list(self._models.items()) if e.versions)
 
     def served(self) -> dict[str, ServedModel]:
         """What this replica serves, as reported in its heartbeat."""
@@ -161,7 +164,7 @@ class ModelRepository:
                 loaded=sorted(entry.versions, key=_version_key),
                 failed=dict(entry.failed),
             )
-            for name, entry in self._models.items()
+            for name, entry in list(self._models.items())
             if entry.versions or entry.failed
         }
 

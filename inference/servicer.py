@@ -66,10 +66,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
         loaded = self.repository.resolve(request.name, request.version or None)
-        served = self.repository.served()[request.name]
-        response = pb.ModelMetadataResponse(
-            name=request.name, versions=served.loaded, platform=PLATFORM
-        )
+        # NOTE: .get: the model may be removed between resolve and here (the loop thread
+        # applies the fleet's changes while this runs on a gRPC thread).
+        served = self.repository.served().get(request.name)
+        versions = served.loaded if served else [loaded.version]
+        response = pb.ModelMetadataResponse(name=request.name, versions=versions, platform=PLATFORM)
         for spec, field in [
             *((s, response.inputs) for s in loaded.signature.inputs),
             *((s, response.outputs) for s in loaded.signature.outputs),
