@@ -146,10 +146,10 @@ class DynamicBatcher:
 
     def _run_batch(self, batch: list[_Pending], me: _Pending) -> None:
         started = time.perf_counter()
-        for item in batch:
-            self._observer.on_queue_time(started - item.enqueued_at)
-        self._observer.on_batch(sum(item.rows for item in batch))
         try:
+            for item in batch:
+                self._observer.on_queue_time(started - item.enqueued_at)
+            self._observer.on_batch(sum(item.rows for item in batch))
             outcomes = self._execute([item.inputs for item in batch])
         except Exception as exc:  # a bug of ours: fail this batch, never strand its waiters
             outcomes = [exc] * len(batch)
