@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inference.cpus import replica_cpu
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -142,12 +144,12 @@ def start_replicas(
     """`replicas` processes sharing one gRPC port (SO_REUSEPORT), each with its own HTTP port
     and private gRPC port, replica i on CPU i (round robin) as `make run` places them unless
     `pin` is false; returns them, the shared port and the private ports."""
-    cpus = sorted(os.sched_getaffinity(0))
     grpc_port = free_port()
     private_ports = [free_port() for _ in range(replicas)]
     procs = []
     for i, private_port in enumerate(private_ports):
         http_port = free_port()
+        cpu = replica_cpu(i) if pin else None
         argv = [
             sys.executable,
             "-m",
@@ -158,7 +160,7 @@ def start_replicas(
             *("--http-port", str(http_port)),
             *("--replica-id", f"bench-{i}"),
             *(["--redis-url", redis_url] if redis_url else []),
-            *(["--cpus", str(cpus[i % len(cpus)])] if pin else []),
+            *(["--cpus", cpu] if cpu is not None else []),
             *extra_args,
         ]
         proc = Proc(

@@ -33,14 +33,25 @@ def pin_process(spec: str) -> set[int] | None:
     if not hasattr(os, "sched_setaffinity"):
         raise ValueError(f"MLOPS_CPUS={spec!r}: pinning to CPUs needs Linux")
     allowed = os.sched_getaffinity(0)
-    if not wanted & allowed:
+    cpus = wanted & allowed
+    if not cpus:
         raise ValueError(
             f"MLOPS_CPUS={spec!r}: none of those CPUs is available; this process may use "
             f"{sorted(allowed)}"
         )
     for task in os.listdir("/proc/self/task"):
         try:
-            os.sched_setaffinity(int(task), wanted & allowed)
+            os.sched_setaffinity(int(task), cpus)
         except ProcessLookupError:  # a thread that ended meanwhile
             continue
     return os.sched_getaffinity(0)
+
+
+def replica_cpu(index: int) -> str | None:
+    """The CPU for replica `index` when several are started together (`make run`, the
+    benchmark): the index-th CPU this process may use, round robin. None where pinning is
+    not available (only Linux has sched_setaffinity): those replicas run where the OS puts them."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return str(cpus[index % len(cpus)])

