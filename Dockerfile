@@ -30,6 +30,8 @@ COPY mlops_core ./mlops_core
 COPY inference ./inference
 COPY pipeline_worker ./pipeline_worker
 COPY gateway ./gateway
+# `launcher.wait` is the containers' readiness probe in docker-compose.yml.
+COPY launcher ./launcher
 ENV PYTHONPATH=/app
 
 # Non-root, with a writable HOME (onnxruntime and Jupyter write caches under ~/.cache and

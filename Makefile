@@ -30,7 +30,7 @@ proto: $(STAMP)
 		proto/mlops_core/protocol/open_inference.proto
 
 run: $(STAMP)
-	$(PY) -m mlops_core.run
+	$(PY) -m launcher
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

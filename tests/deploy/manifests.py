@@ -6,8 +6,8 @@ import importlib.util
 import shlex
 from argparse import Namespace
 
-from mlops_core.run.readiness import Check
-from mlops_core.run.wait import parse as parse_wait
+from launcher.readiness import Check
+from launcher.wait import parse as parse_wait
 from mlops_core.settings import Settings
 
 DEFAULTS = Settings(_env_file=None, redis_url=None)  # type: ignore[call-arg]
@@ -41,7 +41,7 @@ def healthcheck(test: list[str] | str) -> list[Check]:
     """A container health check run through the wait wrapper's own parser; its checks."""
     argv = test if isinstance(test, list) else ["CMD-SHELL", test]
     assert argv[0] == "CMD", "exec form, so no shell is needed in the image"
-    assert python_module(argv[1:4]) == "mlops_core.run.wait"
+    assert python_module(argv[1:4]) == "launcher.wait"
     checks, timeout_s, command = parse_wait(argv[4:])
     assert checks and command == ["true"] and timeout_s <= 5
     return checks

@@ -1,4 +1,4 @@
-"""Start `python -m mlops_core.run` as a user would, on free ports, and stop it by PID."""
+"""Start `python -m launcher` as a user would, on free ports, and stop it by PID."""
 
 from __future__ import annotations
 
@@ -44,14 +44,14 @@ def platform_env(data_dir: Path, replicas: int = 2) -> dict[str, str]:
 
 
 class Platform:
-    """One `python -m mlops_core.run` process; its cwd is a scratch folder so no `.env` from
+    """One `python -m launcher` process; its cwd is a scratch folder so no `.env` from
     the checkout leaks in."""
 
     def __init__(
         self, name: str, workdir: Path, env: dict[str, str], only: list[str] | None = None
     ) -> None:
         base = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        argv = [sys.executable, "-m", "mlops_core.run", *(["--only", *only] if only else [])]
+        argv = [sys.executable, "-m", "launcher", *(["--only", *only] if only else [])]
         self.workdir = workdir
         self.process = ManagedProcess(name, argv, workdir, env=env, cwd=workdir)
         self.process.env = {**base, **env, "PATH": self.process.env["PATH"]}

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from mlops_core.run.readiness import HttpReady, RedisReady
+from launcher.readiness import HttpReady, RedisReady
 from tests.deploy.manifests import (
     DEFAULTS,
     SECRET_NAMES,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops_core.run.readiness import HttpReady, RedisReady, redact
-from mlops_core.run.services import Service, plan, webhook_secret
+from launcher.readiness import HttpReady, RedisReady, redact
+from launcher.services import Service, plan, webhook_secret
 from mlops_core.settings import Settings
 from tests.support.processes import REPO_ROOT, free_port
 
@@ -133,7 +133,7 @@ def test_commands_wait_for_redis_and_mlflow_first(tmp_path: Path) -> None:
     svc = by_name(plan(settings(tmp_path), python="/v/python").services)
     assert shlex.split(svc["redis"].command(60, python="/v/python"))[0] == "exec"
     gateway = shlex.split(svc["gateway"].command(60, python="/v/python"))
-    assert gateway[:6] == ["exec", "/v/python", "-m", "mlops_core.run.wait", "--timeout", "60"]
+    assert gateway[:6] == ["exec", "/v/python", "-m", "launcher.wait", "--timeout", "60"]
     assert flag(gateway, "--redis") == "redis://127.0.0.1:6379/0"
     assert flag(gateway, "--http") == "http://127.0.0.1:5000/health"
     assert gateway[gateway.index("--") + 1 :] == ["/v/python", "-m", "gateway"]
@@ -167,7 +167,7 @@ def test_a_generated_webhook_secret_is_private_and_kept(tmp_path: Path) -> None:
 
 def wait_wrapper(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mlops_core.run.wait", *args],
+        [sys.executable, "-m", "launcher.wait", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

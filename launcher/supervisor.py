@@ -19,7 +19,7 @@ import honcho.manager
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
-from mlops_core.run.readiness import Check, pending
+from launcher.readiness import Check, pending
 
 SELF = "run"
 STOP_GRACE_S = 20

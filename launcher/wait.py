@@ -1,6 +1,6 @@
 """Hold a service back until what it needs is ready, then become it (exec, same PID).
 
-    python -m mlops_core.run.wait --redis URL --http URL --timeout 120 -- python -m gateway
+    python -m launcher.wait --redis URL --http URL --timeout 120 -- python -m gateway
 
 honcho starts every process at once; this is how Redis and MLflow still come first.
 """
@@ -11,11 +11,11 @@ import argparse
 import os
 import sys
 
-from mlops_core.run.readiness import Check, HttpReady, RedisReady, wait_for
+from launcher.readiness import Check, HttpReady, RedisReady, wait_for
 
 
 def parse(argv: list[str]) -> tuple[list[Check], float, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m mlops_core.run.wait")
+    parser = argparse.ArgumentParser(prog="python -m launcher.wait")
     parser.add_argument("--http", action="append", default=[], help="URL that must answer 200")
     parser.add_argument("--redis", action="append", default=[], help="Redis URL that must PING")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")

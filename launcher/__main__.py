@@ -1,4 +1,4 @@
-"""`python -m mlops_core.run [--only NAME ...]`: start the platform in the foreground."""
+"""`python -m launcher [--only NAME ...]`: start the platform in the foreground."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from mlops_core.run.readiness import redact
-from mlops_core.run.services import Plan, plan, prepare_data_dir, webhook_secret
-from mlops_core.run.supervisor import supervise
+from launcher.readiness import redact
+from launcher.services import Plan, plan, prepare_data_dir, webhook_secret
+from launcher.supervisor import supervise
 from mlops_core.settings import Settings, get_settings
 
 
@@ -53,7 +53,7 @@ def banner(settings: Settings, stack: Plan, names: set[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlops_core.run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__)
     parser.add_argument(
         "--only",
         nargs="+",
