@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field(
         "http://localhost:5000", validation_alias=_env("MLFLOW_TRACKING_URI")
     )
+    secret_key: str | None = Field(None, validation_alias=_env("MLOPS_SECRET_KEY"))
+    """Fernet key that encrypts repository tokens in the database; the gateway and the pipeline
+    worker need the same one. Unset: a key kept in `<data_dir>/secret.key` (made on first use)."""
 
     # --- inference replica --------------------------------------------------------------
     model_repository: Path | None = Field(None, validation_alias=_env("MLOPS_MODEL_REPOSITORY"))
@@ -103,6 +106,45 @@ class Settings(BaseSettings):
     pipeline_max_attempts: int = Field(2, validation_alias=_env("MLOPS_PIPELINE_MAX_ATTEMPTS"))
     """Runs of one pipeline at most: one whose worker died is retried until this is reached."""
 
+    # --- sandbox for pushed code (the notebook's kernel, model loading and conversion) ---
+    sandbox: Literal["local", "kubernetes", "off"] = Field(
+        "local", validation_alias=_env("MLOPS_SANDBOX")
+    )
+    """Where pushed code runs: `local` (Linux namespaces through util-linux's unshare),
+    `kubernetes` (one Job per sandboxed stage), or `off` (the worker's own user, no box:
+    development only). Where `local` cannot make a box, pipelines fail and say so."""
+    sandbox_network: bool = Field(False, validation_alias=_env("MLOPS_SANDBOX_NETWORK"))
+    """Let boxed code open network connections (for notebooks that download data). Off: the
+    box has only its own loopback."""
+    sandbox_memory_mb: int = Field(4096, ge=64, validation_alias=_env("MLOPS_SANDBOX_MEMORY_MB"))
+    """Address space of each boxed process, in MiB (RLIMIT_AS)."""
+    sandbox_max_processes: int = Field(
+        1024, ge=16, validation_alias=_env("MLOPS_SANDBOX_MAX_PROCESSES")
+    )
+    """Processes and threads the box's user may have at once (RLIMIT_NPROC)."""
+    sandbox_max_file_mb: int = Field(1024, ge=1, validation_alias=_env("MLOPS_SANDBOX_MAX_FILE_MB"))
+    """Largest file boxed code may write, in MiB (RLIMIT_FSIZE)."""
+    sandbox_tmp_mb: int = Field(512, ge=16, validation_alias=_env("MLOPS_SANDBOX_TMP_MB"))
+    """Size of the box's private /tmp (memory-backed), in MiB."""
+    sandbox_wall_time_s: float = Field(
+        1800.0, gt=0, validation_alias=_env("MLOPS_SANDBOX_WALL_TIME_S")
+    )
+    """Longest one boxed stage may run before every process in its box is killed."""
+    sandbox_k8s_namespace: str = Field("", validation_alias=_env("MLOPS_SANDBOX_K8S_NAMESPACE"))
+    """Namespace of the sandbox Jobs (MLOPS_SANDBOX=kubernetes). Empty: the worker's own."""
+    sandbox_k8s_image: str = Field("", validation_alias=_env("MLOPS_SANDBOX_K8S_IMAGE"))
+    """Image of the sandbox Jobs. Empty: the worker pod's own image (read once through the
+    Kubernetes API), so a Job runs exactly the worker's code."""
+    sandbox_k8s_work_claim: str = Field(
+        "mlops-pipelines", validation_alias=_env("MLOPS_SANDBOX_K8S_WORK_CLAIM")
+    )
+    """ReadWriteMany PersistentVolumeClaim the worker mounts at `<data dir>/pipelines`; each
+    Job mounts only its own pipeline's folder of it."""
+    sandbox_k8s_service_account: str = Field(
+        "mlops-sandbox", validation_alias=_env("MLOPS_SANDBOX_K8S_SERVICE_ACCOUNT")
+    )
+    """ServiceAccount of the sandbox pods: one bound to no role; its token is never mounted."""
+
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = Field("0.0.0.0", validation_alias=_env("MLOPS_GATEWAY_HOST"))
     gateway_port: int = Field(8000, validation_alias=_env("MLOPS_GATEWAY_PORT"))
@@ -115,12 +157,21 @@ class Settings(BaseSettings):
     """Gateway worker processes sharing its port; one process is bound to one core."""
     github_webhook_secret: str = Field("", validation_alias=_env("GITHUB_WEBHOOK_SECRET"))
     api_key: str = Field("", validation_alias=_env("MLOPS_API_KEY"))
-    """When set, every route but /health, /ready and the webhook needs `Bearer <key>`."""
+    """When set, every route but /health, /ready and the webhook needs `Bearer <key>`, and so
+    does every replica RPC but the health ones (`authorization: Bearer <key>` metadata)."""
     fleet_address: str = Field("localhost:50051", validation_alias=_env("MLOPS_FLEET_ADDRESS"))
     """gRPC target of the inference fleet (e.g. `dns:///fleet:50051` behind a headless Service)."""
     max_webhook_bytes: int = Field(
         5 * 1024 * 1024, validation_alias=_env("MLOPS_MAX_WEBHOOK_BYTES")
     )
+    """Largest webhook body read; GitHub caps its payloads at 25 MB, pushes are far smaller."""
+    max_predict_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, validation_alias=_env("MLOPS_MAX_PREDICT_BYTES")
+    )
+    """Largest REST request body (413 beyond it), checked against Content-Length before any
+    byte is read. Prediction rows are the largest body any route takes, so every route but
+    the webhook is held to it. Parsed JSON rows take ~20x their size in memory, so 4 MiB
+    (over 100,000 rows of 4 features) stays near 100 MiB; bigger batches go over gRPC."""
 
     # --- make run (every process on one machine) ------------------------------------------
     replicas: int = Field(2, ge=1, validation_alias=_env("MLOPS_REPLICAS"))

@@ -1,4 +1,4 @@
-"""What every job of one worker process shares: settings, database, Redis, MLflow, model jobs."""
+"""What every job of one worker process shares: settings, database, Redis, MLflow, the sandbox."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlops_core.settings import Settings
-from pipeline_worker.isolation import ModelJobs
 from pipeline_worker.lease import owner_id
+from pipeline_worker.sandbox import Sandbox
 
 
 @dataclass
@@ -20,7 +20,7 @@ class WorkerDeps:
     sessions: sessionmaker[Session]
     redis: ArqRedis
     mlflow: MlflowClient
-    model_jobs: ModelJobs
+    sandbox: Sandbox
     worker_id: str = field(default_factory=owner_id)
 
     @property

@@ -2,18 +2,14 @@
 
 Papermill's own engine only logs outputs to a Python logger. This one subclasses its nbclient
 client, so parameter injection, output saving after every cell and `PapermillExecutionError`
-stay papermill's, and adds three things: events for the live log, a kernel started with the
-environment and working directory we choose (papermill's `cwd` would `chdir` the whole worker
-process, which is unsafe with concurrent pipelines), and a handle to signal the kernel.
+stay papermill's, and adds two things: events for the live log, and a kernel started with the
+environment and working directory we choose. It runs inside the box
+(`pipeline_worker.boxed.notebook`); ending the box ends the kernel and all it started.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,38 +23,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 CellEventSink = Callable[[dict[str, Any]], None]
 """Receives `{"kind": "start"|"output"|"end", "index", "tag", ...}`; called from the
 execution thread, so it must be thread-safe."""
-
-
-class KernelControl:
-    """The running kernel's process, shared between the execution thread and the event loop."""
-
-    def __init__(self) -> None:
-        self._km: Any = None
-        self._lock = threading.Lock()
-
-    def attach(self, km: Any) -> None:
-        with self._lock:
-            self._km = km
-
-    def signal(self, sig: int) -> bool:
-        """Send `sig` to the kernel's process group; False when no kernel runs."""
-        with self._lock:
-            provisioner = getattr(self._km, "provisioner", None)
-            process = getattr(provisioner, "process", None)
-            if process is None or process.poll() is not None:
-                return False
-            # NOTE: jupyter_client starts the kernel in its own session, so its process group
-            # holds the kernel and whatever the notebook spawned, and nothing of ours.
-            pgid = getattr(provisioner, "pgid", None) or process.pid
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
-            return True
-
-    def interrupt(self) -> bool:
-        return self.signal(signal.SIGINT)
-
-    def kill(self) -> bool:
-        return self.signal(signal.SIGKILL)
 
 
 def cell_label(cell: Any) -> str:
@@ -86,14 +50,12 @@ class StreamingNotebookClient(PapermillNotebookClient):
         nb_man: Any,
         *,
         sink: CellEventSink,
-        control: KernelControl,
         kernel_env: dict[str, str],
         kernel_cwd: str,
         **kw: Any,
     ) -> None:
         super().__init__(nb_man, **kw)
         self._sink = sink
-        self._control = control
         self._kernel_env = kernel_env
         self._kernel_cwd = kernel_cwd
         self._current: dict[str, Any] = {}
@@ -106,7 +68,6 @@ class StreamingNotebookClient(PapermillNotebookClient):
         kwargs.setdefault("env", self._kernel_env)
         kwargs.setdefault("cwd", self._kernel_cwd)
         super().start_new_kernel(**kwargs)
-        self._control.attach(self.km)
 
     def _position(self, cell: Any, cell_index: int) -> dict[str, Any]:
         """The cell's index in the user's notebook (the injected parameters cell not counted)."""
@@ -156,7 +117,6 @@ class StreamingEngine(NBClientEngine):
         execution_timeout: float | None = None,
         *,
         sink: CellEventSink,
-        control: KernelControl,
         kernel_env: dict[str, str],
         kernel_cwd: str,
         **kwargs: Any,
@@ -165,7 +125,6 @@ class StreamingEngine(NBClientEngine):
         client = StreamingNotebookClient(
             nb_man,
             sink=sink,
-            control=control,
             kernel_env=kernel_env,
             kernel_cwd=kernel_cwd,
             timeout=execution_timeout,

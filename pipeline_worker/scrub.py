@@ -23,20 +23,42 @@ def is_secret_name(name: str) -> bool:
     return name.upper() in PLATFORM_SECRETS or bool(SECRET_NAME.search(name))
 
 
-def kernel_environment(
-    base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None
+# Variables passed from the worker's environment into a box: locale, time zone and the
+# numeric libraries' knobs (some processors need OPENBLAS_CORETYPE to compute correctly).
+# Nothing else crosses: the box's environment is built, not filtered.
+BOX_PASSTHROUGH = (
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+def box_environment(
+    extra: Mapping[str, str], base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """A copy of the environment without the platform's secrets, with the worker's Python
-    first on PATH (so `!pip` and subprocesses in the notebook use the platform's environment),
-    plus `extra` (MLflow run and tracking URI)."""
+    """The whole environment of boxed code: the platform's Python first on PATH (so `!pip`
+    and subprocesses use it), a private HOME, the pass-through variables above, and `extra`
+    (the injected MLflow store and run). Secret-looking names never pass, whatever `extra`."""
     source = os.environ if base is None else base
-    env = {k: v for k, v in source.items() if not is_secret_name(k)}
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(
-        [bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p]]
+    env = {k: source[k] for k in BOX_PASSTHROUGH if k in source}
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(
+        {
+            "PATH": os.pathsep.join(
+                [str(Path(sys.prefix) / "bin"), "/usr/local/bin", "/usr/bin", "/bin"]
+            ),
+            "HOME": "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "MPLBACKEND": "Agg",
+            **extra,
+        }
     )
-    env.update(extra or {})
-    return env
+    return {k: v for k, v in env.items() if not is_secret_name(k)}
 
 
 def secret_values(

@@ -4,36 +4,50 @@ stages in order: clone → validate → execute → convert → verify → regis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
+from pathlib import Path
 from typing import Any
 
 from arq import cron, func
+from arq.connections import ArqRedis
 from mlflow.tracking import MlflowClient
 
-from mlops_core import pipeline_queue
+from mlops_core import pipeline_queue, worker_heartbeat
 from mlops_core.db import PipelineStatus, make_engine, make_session_factory
 from mlops_core.errors import PipelineError
 from mlops_core.settings import get_settings
-from pipeline_worker import lease, records, tracking
+from mlops_core.worker_heartbeat import WorkerBeat
+from pipeline_worker import lease, notebook_mlflow, records, tracking
+from pipeline_worker.box_files import BoxDir, UnsafeFile, harvest, lay_out
 from pipeline_worker.cancellation import PipelineCancelled
 from pipeline_worker.context import RunContext
 from pipeline_worker.deps import WorkerDeps
-from pipeline_worker.isolation import ModelJobs
+from pipeline_worker.notebook_outputs import cap_outputs
+from pipeline_worker.pipeline_box import PipelineBox, take_model
 from pipeline_worker.recovery import recover_orphans
-from pipeline_worker.scrub import kernel_environment
+from pipeline_worker.sandbox.runners import sandbox_for
+from pipeline_worker.scrub import box_environment
 from pipeline_worker.stages import deploy, execute, register
 from pipeline_worker.stages.clone import clone
 from pipeline_worker.stages.validate import notebook_file, validate
 
 logger = logging.getLogger(__name__)
 S = PipelineStatus
+EXECUTED_COPY = "executed.ipynb"
+# What the worker copies out of a box at most: the executed notebook is capped after.
+MAX_EXECUTED_NOTEBOOK_BYTES = 256 * 1024 * 1024
+MAX_JOBLIB_BYTES = 2 * 1024 * 1024 * 1024
 
 
 async def run_stages(run: RunContext) -> None:
     deps, job, settings = run.deps, run.job, run.deps.settings
     if not job.github_url or not job.notebook_path:
         raise PipelineError(S.CLONING, "the pipeline's repository is no longer registered")
+    unboxable = await asyncio.to_thread(deps.sandbox.unavailable_reason)
+    if unboxable:
+        raise PipelineError(S.CLONING, execute.sandbox_refusal(unboxable))
 
     async with run.stage(S.CLONING):
         cloned = await clone(
@@ -54,60 +68,67 @@ async def run_stages(run: RunContext) -> None:
         await run.update(model_name=config.model_name, notebook_version=config.version)
         await run.log.write(f"model {config.model_name!r}, notebook VERSION {config.version!r}")
 
-    async with run.stage(S.EXECUTING):
-        values = {
-            "repository": job.repository or job.github_url,
-            "commit": cloned.commit_sha,
-            "branch": job.branch,
-            "pipeline_id": job.id,
-            "notebook_version": config.version,
-        }
-        run.mlflow_run_id = await asyncio.to_thread(
-            tracking.start_run, deps.mlflow, config.model_name, f"pipeline-{job.id[:8]}", values
-        )
-        await run.update(mlflow_run_id=run.mlflow_run_id)
-        await run.log.write(f"MLflow run {run.mlflow_run_id}")
-        uri = settings.mlflow_tracking_uri
-        kernel_env = kernel_environment(
-            extra={"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run.mlflow_run_id}
-        )
-        output_dir = run.local_file("output")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        executed_path = run.local_file("executed.ipynb")
-        try:
-            executed = await execute.execute(
-                notebook,
-                executed_path,
-                execute.parameters(output_dir, job.id, uri),
-                kernel_env=kernel_env,
-                settings=settings,
-                log=run.log.write,
-                cancelled=run.cancelled,
+    box = BoxDir(run.local_file("box"), deps.sandbox.inside(run.local_file("box")))
+    boxed = PipelineBox(
+        deps.sandbox,
+        box,
+        settings=settings,
+        log=run.log.write,
+        log_output=run.log.write_output,
+        cancelled=run.cancelled,
+        name=f"pipeline-{job.id}",
+    )
+    notebook_run = ""
+    try:
+        async with run.stage(S.EXECUTING):
+            values = {
+                "repository": job.repository or job.github_url,
+                "commit": cloned.commit_sha,
+                "branch": job.branch,
+                "pipeline_id": job.id,
+                "notebook_version": config.version,
+            }
+            run.mlflow_run_id = await asyncio.to_thread(
+                tracking.start_run,
+                deps.mlflow,
+                config.model_name,
+                f"pipeline-{job.id[:8]}",
+                values,
             )
-        except (PipelineError, PipelineCancelled):
-            # NOTE: the partly executed notebook shows the user the failing cell's traceback.
-            if executed_path.is_file():
-                await asyncio.to_thread(
-                    tracking.log_artifact, deps.mlflow, run.mlflow_run_id, executed_path, "notebook"
-                )
-            raise
-
+            await run.update(mlflow_run_id=run.mlflow_run_id)
+            await run.log.write(f"MLflow run {run.mlflow_run_id}")
+            await asyncio.to_thread(lay_out, box, cloned.workdir)
+            notebook_run = await asyncio.to_thread(
+                notebook_mlflow.create_run, box.host_path("mlruns")
+            )
+            env = box_environment(
+                {
+                    **notebook_mlflow.FILE_STORE_SWITCH,
+                    "MLFLOW_TRACKING_URI": f"file://{box.at('mlruns')}",
+                    "MLFLOW_RUN_ID": notebook_run,
+                }
+            )
+            relative = notebook.relative_to(cloned.workdir.resolve()).as_posix()
+            boxed.start(f"repo/{relative}", execute.parameters(box, job.id), env)
+            await boxed.executed()
+        async with run.stage(S.CONVERTING):
+            converted = await boxed.converted()
+            await run.log.write(
+                f"{converted.get('estimator')}: {converted.get('onnx_bytes')} bytes of ONNX"
+            )
+        async with run.stage(S.VERIFYING):
+            parity = await boxed.verified()
+            await run.log.write(f"parity: {str(parity.get('summary'))[:2000]}")
+            await boxed.close()
+    finally:
+        await boxed.close()
+        if notebook_run:
+            await keep_notebook_record(run, box, notebook_run)
     onnx_dir = run.local_file("onnx")
-    async with run.stage(S.CONVERTING):
-        converted = await deps.model_jobs.call(
-            S.CONVERTING, "convert_job", str(executed.model_path), str(onnx_dir)
-        )
-        await run.log.write(f"{converted['estimator']}: {converted['onnx_bytes']} bytes of ONNX")
-
-    async with run.stage(S.VERIFYING):
-        parity = await deps.model_jobs.call(
-            S.VERIFYING,
-            "verify_job",
-            str(executed.model_path),
-            str(onnx_dir / "model.onnx"),
-            str(executed.sample_input_path) if executed.sample_input_path else None,
-        )
-        await run.log.write(f"parity: {parity['summary']}")
+    await asyncio.to_thread(take_model, box, onnx_dir, settings.max_message_bytes)
+    joblib_path = await asyncio.to_thread(
+        harvest_or_fail, box, execute.MODEL_FILE, run.local_file("joblib", "model.joblib")
+    )
 
     # NOTE: versions of one model register and roll out one pipeline at a time, so version
     # numbers follow the order pipelines reach this point and rollouts never interleave.
@@ -127,8 +148,7 @@ async def run_stages(run: RunContext) -> None:
                     model_name=config.model_name,
                     run_id=run.mlflow_run_id,
                     onnx_dir=onnx_dir,
-                    joblib_path=executed.model_path,
-                    executed_notebook=executed.executed_notebook,
+                    joblib_path=joblib_path,
                     tags={"pipeline_id": job.id, "commit": cloned.commit_sha},
                 ),
             )
@@ -144,6 +164,56 @@ async def run_stages(run: RunContext) -> None:
                 keep_versions=settings.keep_versions,
                 log=run.log.write,
             )
+
+
+async def keep_notebook_record(run: RunContext, box: BoxDir, notebook_run: str) -> None:
+    """After the notebook's box ended, however it ended: its executed copy (outputs capped)
+    beside the run, and what it logged to MLflow copied into the pipeline's run. A failure
+    here is logged, never raised: it must not hide the pipeline's own outcome."""
+    try:
+        await _keep_notebook_record(run, box, notebook_run)
+    except Exception as exc:
+        logger.warning("notebook record of %s not kept", run.job.id, exc_info=True)
+        await run.log.write(f"the notebook's record was not kept: {type(exc).__name__}: {exc}")
+
+
+async def _keep_notebook_record(run: RunContext, box: BoxDir, notebook_run: str) -> None:
+    deps = run.deps
+    assert run.mlflow_run_id is not None
+    executed = run.local_file(EXECUTED_COPY)
+    try:
+        kept = await asyncio.to_thread(
+            harvest, box, execute.EXECUTED_FILE, executed, MAX_EXECUTED_NOTEBOOK_BYTES
+        )
+    except UnsafeFile as exc:
+        await run.log.write(f"the executed notebook was not kept: {exc}")
+        kept = None
+    if kept is not None:
+        await asyncio.to_thread(cap_outputs, kept)
+        await asyncio.to_thread(
+            tracking.log_artifact, deps.mlflow, run.mlflow_run_id, kept, "notebook"
+        )
+    record = await asyncio.to_thread(
+        notebook_mlflow.read_run, box.host_path("mlruns"), notebook_run
+    )
+    await asyncio.to_thread(notebook_mlflow.copy_to, deps.mlflow, run.mlflow_run_id, record)
+    logged = len(record.params) + len(record.metrics) + len(record.tags)
+    if logged or record.skipped:
+        await run.log.write(
+            f"copied the notebook's MLflow logs into the run: {len(record.params)} params, "
+            f"{len(record.metrics)} metric points, {len(record.tags)} tags"
+            + (f" ({record.skipped} entries not copied)" if record.skipped else "")
+        )
+
+
+def harvest_or_fail(box: BoxDir, relative: str, dest: Path) -> Path:
+    try:
+        found = harvest(box, relative, dest, MAX_JOBLIB_BYTES)
+    except UnsafeFile as exc:
+        raise PipelineError(S.REGISTERING, f"the exported model was tampered with: {exc}") from None
+    if found is None:
+        raise PipelineError(S.REGISTERING, "the exported model disappeared")
+    return found
 
 
 async def run_pipeline(ctx: dict[str, Any], pipeline_id: str) -> str:
@@ -201,6 +271,16 @@ async def recover(ctx: dict[str, Any]) -> list[str]:
     return await recover_orphans(ctx["deps"])
 
 
+async def heartbeat(redis: ArqRedis, beat: WorkerBeat) -> None:
+    """Tell the gateway this worker lives, and whether it can box pushed code."""
+    while True:
+        try:
+            await worker_heartbeat.beat(redis, beat)
+        except Exception:  # Redis away: the key expires and /ready says so
+            logger.warning("worker heartbeat not written", exc_info=True)
+        await asyncio.sleep(worker_heartbeat.INTERVAL_S)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -210,19 +290,27 @@ async def startup(ctx: dict[str, Any]) -> None:
         sessions=make_session_factory(engine),
         redis=ctx["redis"],
         mlflow=MlflowClient(tracking_uri=settings.mlflow_tracking_uri),
-        model_jobs=ModelJobs(settings.worker_concurrency),
+        sandbox=sandbox_for(settings),
     )
     ctx["deps"], ctx["engine"] = deps, engine
     recovered = await recover_orphans(deps)
     if recovered:
         logger.warning("recovered pipelines left running: %s", ", ".join(recovered))
-    ctx["warm"] = asyncio.create_task(deps.model_jobs.warm())
-    logger.info("pipeline worker %s ready", deps.worker_id)
+    reason = await asyncio.to_thread(deps.sandbox.unavailable_reason)
+    if reason:
+        logger.error("no sandbox for pushed code (%s): pipelines will fail until fixed", reason)
+    ctx["heartbeat"] = asyncio.create_task(
+        heartbeat(deps.redis, WorkerBeat(deps.worker_id, deps.sandbox.name, reason))
+    )
+    logger.info("pipeline worker %s ready (sandbox: %s)", deps.worker_id, deps.sandbox.name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "heartbeat" in ctx:
+        ctx["heartbeat"].cancel()
+        with contextlib.suppress(BaseException):
+            await worker_heartbeat.forget(ctx["deps"].redis, ctx["deps"].worker_id)
     if "deps" in ctx:
-        ctx["deps"].model_jobs.close()
         ctx["engine"].dispose()
 
 

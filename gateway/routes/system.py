@@ -11,11 +11,12 @@ from sqlalchemy import text
 
 from gateway.deps import Resources, ResourcesDep
 from gateway.schemas import HealthOut, ReadyOut, error_responses
-from mlops_core import fleet_state
+from mlops_core import fleet_state, worker_heartbeat
 
 router = APIRouter(tags=["system"])
 
 CHECK_TIMEOUT_S = 3.0
+NO_WORKER = "no live pipeline worker"
 
 
 @router.get("/health", response_model=HealthOut)
@@ -30,8 +31,9 @@ async def health() -> HealthOut:
     responses=error_responses((503, "not ready: mlflow, inference")),
 )
 async def ready(resources: ResourcesDep) -> ReadyOut | JSONResponse:
-    """Redis, the database, MLflow and at least one live inference replica answer."""
-    names = ["redis", "database", "mlflow", "inference"]
+    """Redis, the database, MLflow and at least one live inference replica answer, and no
+    pipeline worker lacks its sandbox. `workers` names the live workers and their sandbox."""
+    names = ["redis", "database", "mlflow", "inference", "workers"]
     results = await asyncio.gather(
         *(
             _check(c)
@@ -40,11 +42,18 @@ async def ready(resources: ResourcesDep) -> ReadyOut | JSONResponse:
                 _database(resources),
                 _mlflow(resources),
                 _replicas(resources),
+                _workers(resources),
             )
         )
     )
     checks = dict(zip(names, results, strict=True))
-    missing = [name for name, result in checks.items() if not result.startswith("ok")]
+    # NOTE: no live worker is reported but does not fail readiness: predictions and the API
+    # work without one, and workers may start after the gateway.
+    missing = [
+        name
+        for name, result in checks.items()
+        if not result.startswith("ok") and result != NO_WORKER
+    ]
     if missing:
         return JSONResponse(
             {"detail": f"not ready: {', '.join(missing)}", "checks": checks}, status_code=503
@@ -78,3 +87,17 @@ async def _mlflow(resources: Resources) -> str:
 async def _replicas(resources: Resources) -> str:
     replicas = await fleet_state.live_replicas(resources.redis)
     return f"ok: {len(replicas)} live replicas" if replicas else "no live inference replica"
+
+
+async def _workers(resources: Resources) -> str:
+    workers = await worker_heartbeat.live_workers(resources.redis)
+    if not workers:
+        return NO_WORKER
+    unboxed = [w for w in workers if w.sandbox_problem]
+    if unboxed:
+        return (
+            f"{len(unboxed)} of {len(workers)} workers cannot sandbox pushed code, so their "
+            f"pipelines fail: {unboxed[0].sandbox_problem}"
+        )
+    sandboxes = sorted({w.sandbox for w in workers})
+    return f"ok: {len(workers)} live workers, sandbox {', '.join(sandboxes)}"

@@ -1,192 +1,133 @@
-"""Execute stage: run the notebook with papermill in a fresh kernel of the platform's Python.
+"""Execute stage: the notebook runs with papermill, in a box, in a fresh kernel.
 
-The kernel gets the injected parameters, an environment without the platform's secrets (the
-caller builds it) and the MLflow run to log into. Each cell's start, output lines and end reach
-the log as they happen; a cancel request interrupts the kernel (and kills it if it ignores the
-interrupt). The executed notebook is written also when a cell fails.
+The box (`pipeline_worker.sandbox`, driven by `pipeline_worker.pipeline_box`) holds papermill,
+the kernel and everything the notebook starts; it sees the checkout, writes only its box
+directory and ends with every process in it. The kernel gets the injected parameters and the
+notebook's own MLflow store, never the platform's. This module holds what the stage means:
+the injected parameters, the log lines a cell's events become, and the messages a user reads
+when the notebook or its box fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import papermill
-from jupyter_client.kernelspec import NoSuchKernel
-from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from papermill.exceptions import PapermillExecutionError
 
 from mlops_core.db import PipelineStatus
 from mlops_core.errors import PipelineError
 from mlops_core.settings import Settings
-from pipeline_worker.cancellation import CancelCheck, PipelineCancelled
-from pipeline_worker.notebook_engine import ENGINE_NAME, KernelControl
+from pipeline_worker.box_files import BoxDir
+from pipeline_worker.sandbox import BoxOutcome
 
 STAGE = PipelineStatus.EXECUTING
-CANCEL_POLL_S = 0.5
-# A kernel gets this long to honour an interrupt before it is killed.
-INTERRUPT_GRACE_S = 5.0
+MODEL_FILE = "output/model.joblib"
+SAMPLE_FILE = "output/sample_input.npy"
+EXECUTED_FILE = "executed.ipynb"
 LogFn = Callable[[str], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class ExecutionResult:
-    executed_notebook: Path
-    model_path: Path
-    sample_input_path: Path | None
-    """Rows the notebook saved for the parity check, if it did."""
-
-
-def parameters(output_dir: Path, pipeline_id: str, tracking_uri: str) -> dict[str, str]:
-    """The parameters papermill injects (the seed README's three, plus an optional output)."""
+def parameters(box: BoxDir, pipeline_id: str) -> dict[str, str]:
+    """The parameters papermill injects (the seed README's three, plus an optional output),
+    as paths inside the box."""
     return {
-        "MODEL_OUTPUT_PATH": str(output_dir / "model.joblib"),
+        "MODEL_OUTPUT_PATH": box.at(MODEL_FILE),
         "PIPELINE_ID": pipeline_id,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "SAMPLE_INPUT_PATH": str(output_dir / "sample_input.npy"),
+        "MLFLOW_TRACKING_URI": f"file://{box.at('mlruns')}",
+        "SAMPLE_INPUT_PATH": box.at(SAMPLE_FILE),
     }
 
 
-async def execute(
-    notebook: Path,
-    executed_notebook: Path,
-    params: dict[str, str],
-    *,
-    kernel_env: dict[str, str],
-    settings: Settings,
-    log: LogFn,
-    cancelled: CancelCheck,
-) -> ExecutionResult:
-    """Run `notebook` into `executed_notebook`; raise PipelineError or PipelineCancelled."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    control = KernelControl()
-
-    def sink(event: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, event)
-
-    run = asyncio.ensure_future(
-        asyncio.to_thread(
-            papermill.execute_notebook,
-            str(notebook),
-            str(executed_notebook),
-            parameters=params,
-            engine_name=ENGINE_NAME,
-            kernel_name=settings.kernel_name,
-            language="python",
-            progress_bar=False,
-            log_output=False,
-            start_timeout=int(settings.kernel_start_timeout_s),
-            execution_timeout=int(settings.execution_timeout_s),
-            sink=sink,
-            control=control,
-            kernel_env=kernel_env,
-            kernel_cwd=str(notebook.parent),
+def box_failure(stage: PipelineStatus, outcome: BoxOutcome, settings: Settings) -> PipelineError:
+    """Why a box that reported no result of its own ended."""
+    if outcome.timed_out:
+        return PipelineError(
+            stage,
+            f"the sandbox ran past its wall time of {settings.sandbox_wall_time_s:.0f}s "
+            "(MLOPS_SANDBOX_WALL_TIME_S) and was stopped",
         )
+    code = outcome.exit_code
+    if code is not None and (code < 0 or code >= 128):
+        return PipelineError(
+            stage,
+            "the sandboxed process was killed (out of memory: MLOPS_SANDBOX_MEMORY_MB is "
+            f"{settings.sandbox_memory_mb}, or a signal)",
+        )
+    return PipelineError(stage, f"the sandboxed process ended with exit code {code}")
+
+
+def sandbox_refusal(reason: str) -> str:
+    return (
+        f"pushed code runs only in a sandbox, and none can be made here: {reason}. Run the "
+        "platform on Linux with namespaces enabled (or under Docker Compose), or set "
+        "MLOPS_SANDBOX=off to run notebooks unsandboxed (development only: they can then "
+        "read everything the worker can)"
     )
-    await log(f"starting kernel {settings.kernel_name!r}")
-    tracker = _CellTracker()
-    cancel_seen_at: float | None = None
-    try:
-        while not run.done() or not events.empty():
-            try:
-                event = await asyncio.wait_for(events.get(), CANCEL_POLL_S)
-                await log(tracker.describe(event))
-            except TimeoutError:
-                pass
-            if cancel_seen_at is None and await cancelled():
-                cancel_seen_at = loop.time()
-                await log("cancel requested: interrupting the kernel")
-                control.interrupt()
-            elif cancel_seen_at is not None and loop.time() - cancel_seen_at > INTERRUPT_GRACE_S:
-                control.kill()
-        await run
-    except asyncio.CancelledError:
-        # NOTE: the worker is stopping or the pipeline timed out; the thread cannot be
-        # cancelled, but killing the kernel ends it promptly.
-        control.kill()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(run), 15)
-        raise
-    except Exception as exc:
-        if cancel_seen_at is not None:
-            raise PipelineCancelled() from None
-        raise _explain(exc, tracker, settings) from None
-    if cancel_seen_at is not None:
-        raise PipelineCancelled()
-
-    return collect_outputs(executed_notebook, params)
 
 
-def collect_outputs(executed_notebook: Path, params: dict[str, str]) -> ExecutionResult:
-    """What the notebook left behind; PipelineError when it saved no model."""
-    model_path = Path(params["MODEL_OUTPUT_PATH"])
-    if not model_path.is_file():
-        raise PipelineError(
-            STAGE,
-            "the notebook ran to the end but saved no model: the mlops:export cell must call "
-            "joblib.dump(model, MODEL_OUTPUT_PATH)",
-        )
-    sample = Path(params["SAMPLE_INPUT_PATH"])
-    return ExecutionResult(executed_notebook, model_path, sample if sample.is_file() else None)
-
-
-class _CellTracker:
+class CellTracker:
     """Turns cell events into log lines and remembers the cell running last."""
 
     def __init__(self) -> None:
         self.current: dict[str, Any] | None = None
-        self.started: dict[int, float] = {}
+        self.started: dict[str, float] = {}
 
-    def describe(self, event: dict[str, Any]) -> str:
-        where = f"cell {event.get('index', '?')} ({event.get('tag', 'untagged')})"
-        if event.get("index") == "-":
-            where = "injected parameters"
-        loop_time = asyncio.get_running_loop().time()
-        if event["kind"] == "start":
-            self.current = event
-            self.started[event["index"]] = loop_time
+    def describe(self, event: dict[str, Any]) -> str | None:
+        phase = event.get("phase")
+        index, tag = str(event.get("index", "?")), str(event.get("tag", "untagged"))
+        where = "injected parameters" if index == "-" else f"cell {index} ({tag})"
+        now = asyncio.get_running_loop().time()
+        if phase == "start":
+            self.current = {"index": index, "tag": tag}
+            self.started[index] = now
             return f"{where} started"
-        if event["kind"] == "end":
-            took = loop_time - self.started.get(event["index"], loop_time)
-            if event["status"] == "ok":
+        if phase == "end":
+            took = now - self.started.get(index, now)
+            if event.get("status") == "ok":
                 return f"{where} finished in {took:.2f}s"
             return f"{where} failed after {took:.2f}s: {event.get('ename')}: {event.get('evalue')}"
-        return "\n".join(f"{where} | {line}" for line in event["text"].rstrip("\n").splitlines())
+        if phase == "output":
+            text = str(event.get("text", "")).rstrip("\n")
+            return "\n".join(f"{where} | {line}" for line in text.splitlines()) or None
+        return None
 
     def where(self) -> str:
         if self.current is None:
             return "before the first cell"
         return f"cell {self.current['index']} ({self.current['tag']})"
 
+    def where_short(self) -> str:
+        return "sandbox" if self.current is None else self.where()
 
-def _explain(exc: Exception, tracker: _CellTracker, settings: Settings) -> PipelineError:
-    if isinstance(exc, PapermillExecutionError):
-        evalue = (exc.evalue or "").strip().splitlines()
+
+def explain(error: dict[str, Any], tracker: CellTracker, settings: Settings) -> PipelineError:
+    kind = error.get("type")
+    if kind == "cell_failed":
+        evalue = str(error.get("evalue") or "").strip().splitlines()
         last = evalue[-1] if evalue else ""
-        return PipelineError(STAGE, f"{tracker.where()} failed: {exc.ename}: {last}".rstrip(": "))
-    if isinstance(exc, CellTimeoutError):
+        return PipelineError(
+            STAGE, f"{tracker.where()} failed: {error.get('ename')}: {last}".rstrip(": ")
+        )
+    if kind == "cell_timeout":
         return PipelineError(
             STAGE,
             f"{tracker.where()} ran past the execution timeout of "
             f"{settings.execution_timeout_s:.0f}s per cell (MLOPS_EXECUTION_TIMEOUT_S)",
         )
-    if isinstance(exc, DeadKernelError):
+    if kind == "kernel_died":
         return PipelineError(
-            STAGE, f"the kernel died during {tracker.where()} (out of memory, or os._exit?)"
+            STAGE,
+            f"the kernel died during {tracker.where()} (out of memory: MLOPS_SANDBOX_MEMORY_MB "
+            f"is {settings.sandbox_memory_mb}; or os._exit?)",
         )
-    if isinstance(exc, NoSuchKernel):
+    if kind == "no_such_kernel":
         return PipelineError(
             STAGE, f"no Jupyter kernel named {settings.kernel_name!r} is installed"
         )
-    if isinstance(exc, RuntimeError) and "didn't respond" in str(exc):
+    if kind == "kernel_start_timeout":
         return PipelineError(
             STAGE,
             f"the kernel did not start within {settings.kernel_start_timeout_s:.0f}s "
             "(MLOPS_KERNEL_START_TIMEOUT_S)",
         )
-    return PipelineError(STAGE, f"notebook execution failed: {type(exc).__name__}: {exc}")
+    return PipelineError(STAGE, f"notebook execution failed: {str(error.get('message'))[:2000]}")

@@ -28,7 +28,6 @@ class RegisterInput:
     onnx_dir: Path
     """Holds model.onnx and signature.json."""
     joblib_path: Path
-    executed_notebook: Path
     tags: dict[str, str]
     """Tags for the model version (pipeline id, commit, repository)."""
 
@@ -38,7 +37,6 @@ def register(client: MlflowClient, item: RegisterInput) -> str:
     try:
         log_artifact(client, item.run_id, item.onnx_dir, MODEL_ARTIFACT_PATH)
         log_artifact(client, item.run_id, item.joblib_path, "joblib")
-        log_artifact(client, item.run_id, item.executed_notebook, "notebook")
         try:
             client.create_registered_model(item.model_name)
         except MlflowException as exc:

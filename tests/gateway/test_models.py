@@ -16,7 +16,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from benchmarks import iris_models
-from mlops_core import fleet_state
+from mlops_core import fleet_state, worker_heartbeat
 from mlops_core.fleet_state import DesiredModel
 from tests.conftest import InferenceServer, StartInference, new_redis_db
 from tests.gateway.conftest import Gateway, fleet_target, gateway_env, launch_gateway, start_fleet
@@ -86,8 +86,29 @@ def test_ready_when_everything_answers(model_gateway: Gateway):
     response = httpx.get(f"{model_gateway.url}/ready", timeout=10)
     assert response.status_code == 200, response.text
     checks = response.json()["checks"]
-    assert set(checks) == {"redis", "database", "mlflow", "inference"}
+    assert set(checks) == {"redis", "database", "mlflow", "inference", "workers"}
     assert checks["inference"] == "ok: 2 live replicas"
+    assert checks["workers"] == "no live pipeline worker"
+
+
+async def test_ready_names_a_worker_that_cannot_sandbox(model_gateway: Gateway):
+    redis = Redis.from_url(model_gateway.redis_url)
+    good = worker_heartbeat.WorkerBeat("w-good", "local", None)
+    bad = worker_heartbeat.WorkerBeat("w-bad", "local", "unshare, setpriv not found")
+    await worker_heartbeat.beat(redis, good)
+    try:
+        response = httpx.get(f"{model_gateway.url}/ready", timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["checks"]["workers"] == "ok: 1 live workers, sandbox local"
+        await worker_heartbeat.beat(redis, bad)
+        response = httpx.get(f"{model_gateway.url}/ready", timeout=10)
+        assert response.status_code == 503
+        assert response.json()["detail"] == "not ready: workers"
+        assert "unshare, setpriv not found" in response.json()["checks"]["workers"]
+    finally:
+        for beat in (good, bad):
+            await worker_heartbeat.forget(redis, beat.worker_id)
+        await redis.aclose()
 
 
 def test_list_models_shows_versions_and_replicas(api: httpx.Client, fleet):

@@ -116,9 +116,9 @@ async def test_recovery_retries_or_fails_pipelines_whose_worker_died(
     from mlops_core.db import Pipeline, make_engine, make_session_factory, session_scope
     from mlops_core.settings import Settings
     from pipeline_worker.deps import WorkerDeps
-    from pipeline_worker.isolation import ModelJobs
     from pipeline_worker.lease import lease_key
     from pipeline_worker.recovery import recover_orphans
+    from pipeline_worker.sandbox.unboxed import Unboxed
     from tests.conftest import new_redis_db
     from tests.pipeline_worker.support import get_pipeline
 
@@ -133,13 +133,12 @@ async def test_recovery_retries_or_fails_pipelines_whose_worker_died(
     dead = await asyncio.create_subprocess_exec("true")
     await dead.wait()
     await arq.set(lease_key(retried_id), f"{socket.gethostname()}-{dead.pid}")
-    jobs = ModelJobs(1)
     deps = WorkerDeps(
         settings=Settings(pipeline_max_attempts=2, data_dir=tmp_path),
         sessions=sessions,
         redis=arq,
         mlflow=MlflowClient(tracking_uri=mlflow_uri),
-        model_jobs=jobs,
+        sandbox=Unboxed(),
     )
     try:
         assert sorted(await recover_orphans(deps)) == sorted([retried_id, exhausted_id])
@@ -151,5 +150,4 @@ async def test_recovery_retries_or_fails_pipelines_whose_worker_died(
             "stopped during verifying (attempt 2 of 2); not retried again" in failed.error_message
         )
     finally:
-        jobs.close()
         await arq.aclose()

@@ -21,7 +21,7 @@ from mlops_core import fleet_state
 from mlops_core.errors import PipelineError
 from mlops_core.fleet_state import DesiredModel
 from mlops_core.settings import Settings
-from pipeline_worker.scrub import Redactor, kernel_environment, secret_values
+from pipeline_worker.scrub import Redactor, box_environment, secret_values
 from pipeline_worker.stages.clone import clone, clone_url, git_environment
 from pipeline_worker.stages.convert import convert
 from pipeline_worker.stages.deploy import deploy, next_desired
@@ -251,21 +251,29 @@ async def test_rollout_timeout_restores_the_previous_version(redis_url: str):
 # --- secrets ---------------------------------------------------------------------------
 
 
-def test_kernel_environment_drops_the_platform_secrets():
+def test_the_box_environment_is_built_not_filtered():
     base = {
         "GITHUB_WEBHOOK_SECRET": "s1",
         "MLOPS_API_KEY": "s2",
         "REDIS_URL": "redis://:pw@h/0",
         "DATABASE_URL": "postgresql://u:pw@h/db",
         "SOME_TOKEN_X": "s3",
-        "aws_secret_access_key": "s4",
-        "DB_PASSWORD": "s5",
-        "HOME": "/home/x",
-        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "PATH": "/opt/evil/bin",
+        "OPENBLAS_CORETYPE": "Haswell",
+        "UNRELATED": "x",
     }
-    env = kernel_environment(base, {"MLFLOW_RUN_ID": "r"})
-    assert set(env) == {"HOME", "PATH", "MLFLOW_RUN_ID"}
-    assert env["PATH"].endswith("/usr/bin")
+    env = box_environment({"MLFLOW_RUN_ID": "r", "GITHUB_TOKEN": "leak"}, base)
+    assert set(env) == {
+        "PATH",
+        "HOME",
+        "LANG",
+        "PYTHONUNBUFFERED",
+        "MPLBACKEND",
+        "OPENBLAS_CORETYPE",
+        "MLFLOW_RUN_ID",
+    }
+    assert env["HOME"] == "/tmp" and "/opt/evil/bin" not in env["PATH"]
 
 
 def test_redactor_masks_secret_values_and_url_passwords():
