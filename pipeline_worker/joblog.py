@@ -1,52 +1,55 @@
-"""A pipeline's log as its worker writes it: stage-prefixed, secret-free lines in Redis."""
+"""A pipeline's log as its worker writes it: stage-prefixed, secret-free lines in Redis.
+
+Two kinds of lines: the platform's own (`write`: stage starts and ends, cell starts and ends,
+the final state), which are kept for good, and the notebook's output (`write_output`), of which
+the log keeps the first and the last lines however much is printed (see `logstream`).
+"""
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
 from mlops_core import logstream
+from mlops_core.logstream import DEFAULT_BOUNDS, LogBounds
 from pipeline_worker.scrub import Redactor
 
-logger = logging.getLogger(__name__)
-
 MAX_LINE_CHARS = 4000
-# A notebook that prints in a loop must not fill Redis; past this, lines are counted only.
-MAX_LINES = 20_000
 
 
 class PipelineLog:
-    """Writes `[stage] text` lines to the pipeline's Redis list and channel."""
+    """Writes `[stage] text` lines to the pipeline's Redis log and channel."""
 
-    def __init__(self, redis: Redis, pipeline_id: str, redact: Redactor) -> None:
+    def __init__(
+        self, redis: Redis, pipeline_id: str, redact: Redactor, bounds: LogBounds = DEFAULT_BOUNDS
+    ) -> None:
         self.redis = redis
         self.pipeline_id = pipeline_id
         self.redact = redact
+        self.bounds = bounds
         self.stage = "queued"
-        self._written = 0
-        self._dropped = 0
 
     async def write(self, text: str, stage: str | None = None) -> None:
-        """Append each line of `text` (secrets masked, long lines cut)."""
-        prefix = f"[{stage or self.stage}] "
-        for raw in self.redact(text).splitlines() or [""]:
-            line = raw if len(raw) <= MAX_LINE_CHARS else raw[:MAX_LINE_CHARS] + " [...]"
-            if self._written >= MAX_LINES:
-                self._dropped += 1
-                continue
-            self._written += 1
-            await logstream.append_line(self.redis, self.pipeline_id, prefix + line)
+        """Append each line of `text` as a platform line: never dropped from the log."""
+        await self._append(text, stage, output=False)
+
+    async def write_output(self, text: str, stage: str | None = None) -> None:
+        """Append each line of `text` as notebook output: kept if among the first or last."""
+        await self._append(text, stage, output=True)
+
+    async def _append(self, text: str, stage: str | None, *, output: bool) -> None:
+        stage = stage or self.stage
+        lines = [
+            f"[{stage}] " + (raw if len(raw) <= MAX_LINE_CHARS else raw[:MAX_LINE_CHARS] + " [...]")
+            for raw in self.redact(text).splitlines() or [""]
+        ]
+        await logstream.append_lines(
+            self.redis, self.pipeline_id, lines, output=output, stage=stage, bounds=self.bounds
+        )
 
     async def transcript(self) -> str:
-        """The whole log, one timestamped line per entry (the last one the kept-lines count)."""
-        if self._dropped:
-            await logstream.append_line(
-                self.redis,
-                self.pipeline_id,
-                f"[{self.stage}] {self._dropped} further lines were not kept (limit {MAX_LINES})",
-            )
+        """The log as kept, one timestamped line per entry (gaps say what was dropped)."""
         entries = await logstream.history(self.redis, self.pipeline_id)
         return "\n".join(
             f"{datetime.fromtimestamp(e['ts'], UTC).strftime('%H:%M:%S.%f')[:-3]} {e['line']}"
@@ -56,4 +59,4 @@ class PipelineLog:
 
     async def end(self, status: str) -> None:
         """Mark the terminal state: watchers receive it and stop following."""
-        await logstream.mark_end(self.redis, self.pipeline_id, status)
+        await logstream.mark_end(self.redis, self.pipeline_id, status, bounds=self.bounds)

@@ -163,6 +163,37 @@ async def test_websocket_sends_history_then_live_lines_then_closes(
     assert logs["status"] == "succeeded" and [x["seq"] for x in logs["lines"]] == [1, 2, 3]
 
 
+async def test_websocket_after_a_print_bomb_sends_head_gap_tail_and_end(
+    aapi: httpx.AsyncClient, gateway: Gateway, repo_id: int, redis: Redis
+):
+    pipeline_id = await new_pipeline_async(aapi, repo_id)
+    set_status(gateway, pipeline_id, "executing")
+    await logstream.append_line(redis, pipeline_id, "[executing] started", stage="executing")
+    printed = [f"[executing] cell 1 | {i}" for i in range(25_000)]
+    async with ws_connect(gateway, pipeline_id) as live:
+        assert json.loads(await live.recv())["line"] == "[executing] started"
+        await logstream.append_lines(redis, pipeline_id, printed, output=True, stage="executing")
+        final = "[executing] pipeline failed at executing: boom"
+        await logstream.append_line(redis, pipeline_id, final, stage="executing")
+        set_status(gateway, pipeline_id, "failed")
+        await logstream.mark_end(redis, pipeline_id, "failed")
+        seen = await asyncio.wait_for(receive_all(live), 60)
+    # Live: every line as it was written, then the end.
+    assert [e.get("line", e.get("end")) for e in seen] == [*printed, final, "failed"]
+    # Late: the first 2,000 and the last 5,000 lines, with the gap between them said.
+    gap = (
+        "[executing] 18,001 lines were dropped here (a pipeline's log keeps the first 2,000 "
+        "lines of notebook output and the last 5,000 lines)"
+    )
+    kept = ["[executing] started", *printed[:2_000], gap, *printed[20_001:], final]
+    async with ws_connect(gateway, pipeline_id) as late:
+        history = await asyncio.wait_for(receive_all(late), 30)
+    assert [e.get("line", e.get("end")) for e in history] == [*kept, "failed"]
+    assert history[-1] == {"seq": 25_003, "end": "failed"}
+    logs = (await aapi.get(f"/pipelines/{pipeline_id}/logs")).json()
+    assert logs["text"] == "\n".join(kept)
+
+
 async def test_websocket_for_an_ended_pipeline_without_an_end_entry(
     aapi: httpx.AsyncClient, gateway: Gateway, repo_id: int
 ):
