@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,15 +19,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
+from gateway import store
 from gateway.fleet_client import FleetClient
 from gateway.model_catalog import Registry
 from mlops_core import pipeline_queue
-from mlops_core.db import make_engine, make_session_factory, session_scope
+from mlops_core.db import checkpoint, make_engine, make_session_factory, session_scope
 from mlops_core.errors import Unauthorized
 from mlops_core.settings import Settings
+from mlops_core.token_vault import TokenVault
 
 P = ParamSpec("P")
 T = TypeVar("T")
+log = logging.getLogger("gateway")
 
 
 @dataclass
@@ -40,6 +44,8 @@ class Resources:
     arq: ArqRedis
     fleet: FleetClient
     registry: Registry
+    vault: TokenVault
+    """Seals repository tokens before they are stored; opens them for `git ls-remote`."""
 
     async def db(
         self, work: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
@@ -58,16 +64,20 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set; the gateway needs Redis")
     assert settings.database_url is not None  # resolved by Settings
+    vault = TokenVault.from_settings(settings)
     engine = make_engine(settings.database_url)
     redis = Redis.from_url(settings.redis_url)
     arq = await pipeline_queue.connect(settings.redis_url)
     # NOTE: the gRPC aio channel binds to the running event loop, so it is created here.
     fleet = FleetClient(
-        settings.fleet_address, settings.max_message_bytes, settings.predict_batches_in_flight
+        settings.fleet_address,
+        settings.max_message_bytes,
+        settings.predict_batches_in_flight,
+        api_key=settings.api_key,
     )
     http = httpx.AsyncClient()
     try:
-        yield Resources(
+        resources = Resources(
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
@@ -75,7 +85,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             arq=arq,
             fleet=fleet,
             registry=Registry(http, settings.mlflow_tracking_uri.rstrip("/")),
+            vault=vault,
         )
+        if sealed := await resources.db(store.seal_legacy_tokens, vault):
+            await run_in_threadpool(checkpoint, engine)
+            log.warning("sealed %d repository tokens an older version stored in plain text", sealed)
+        yield resources
     finally:
         await fleet.close()
         await http.aclose()

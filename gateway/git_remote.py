@@ -1,4 +1,7 @@
-"""Resolve a branch head with `git ls-remote`, passing a token without putting it in a URL."""
+"""Resolve a branch head with `git ls-remote`, passing a token without putting it in a URL.
+
+The repository's token arrives sealed and is opened here, for that one command only.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import re
 
 from gateway.errors import UpstreamError
 from mlops_core.errors import Conflict
+from mlops_core.token_vault import TokenVault
 
 LS_REMOTE_TIMEOUT_S = 30.0
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -29,9 +33,15 @@ def git_env(github_token: str | None) -> dict[str, str]:
 
 
 async def branch_head(
-    url: str, branch: str, github_token: str | None, timeout_s: float = LS_REMOTE_TIMEOUT_S
+    url: str,
+    branch: str,
+    stored_token: str | None,
+    vault: TokenVault,
+    timeout_s: float = LS_REMOTE_TIMEOUT_S,
 ) -> str:
-    """The commit sha `branch` points at in the repository at `url`."""
+    """The commit sha `branch` points at in the repository at `url`; `stored_token` is the
+    repository's token as the database holds it."""
+    github_token = vault.open(stored_token) if stored_token else None
     proc = await asyncio.create_subprocess_exec(
         "git",
         "ls-remote",

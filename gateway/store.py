@@ -13,8 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.repo_urls import RepositoryRef
-from mlops_core.db import Pipeline, PipelineStatus, Repository, WebhookDelivery, utcnow
+from mlops_core.db import (
+    Pipeline,
+    PipelineStatus,
+    PushRun,
+    Repository,
+    WebhookDelivery,
+    utcnow,
+)
 from mlops_core.errors import Conflict, PipelineNotFound, RepositoryNotFound
+from mlops_core.token_vault import SEALED_PREFIX, TokenVault
 
 
 def create_repository(
@@ -23,7 +31,9 @@ def create_repository(
     branch: str,
     notebook_path: str,
     github_token: str | None,
+    vault: TokenVault,
 ) -> Repository:
+    """Register a repository; its token is sealed before it reaches the database."""
     duplicate = session.scalar(
         select(Repository.id).where(
             Repository.full_name == ref.full_name,
@@ -41,7 +51,7 @@ def create_repository(
         full_name=ref.full_name,
         branch=branch,
         notebook_path=notebook_path,
-        github_token=github_token,
+        github_token=vault.seal(github_token) if github_token else None,
     )
     session.add(repo)
     try:
@@ -49,6 +59,22 @@ def create_repository(
     except IntegrityError as exc:  # a concurrent registration won the race
         raise Conflict(f"{ref.full_name} branch {branch!r} is already registered") from exc
     return repo
+
+
+def seal_legacy_tokens(session: Session, vault: TokenVault) -> int:
+    """Seal the plain-text tokens an older version stored; returns how many there were."""
+    legacy = session.scalars(
+        select(Repository).where(
+            Repository.github_token.is_not(None),
+            ~Repository.github_token.startswith(SEALED_PREFIX, autoescape=True),
+        )
+    )
+    count = 0
+    for repo in legacy:
+        assert repo.github_token is not None
+        repo.github_token = vault.seal(repo.github_token)
+        count += 1
+    return count
 
 
 def list_repositories(session: Session) -> list[Repository]:
@@ -95,25 +121,62 @@ def create_pipeline(
 @dataclass(frozen=True)
 class DeliveryOutcome:
     pipeline_ids: list[str]
+    """Pipelines this delivery started (for a replayed delivery id: the ones it started the
+    first time)."""
+    duplicate_of: list[str]
+    """Pipelines an earlier delivery started for the same repository, commit and notebook:
+    this one did not start them again."""
     replayed: bool
+    """The delivery id was seen before."""
 
 
 def record_delivery(
     session: Session, delivery_id: str | None, create: Iterable[tuple[Repository, str]]
 ) -> DeliveryOutcome:
-    """Record a push delivery and create its pipelines in one transaction; a delivery id seen
-    before creates nothing and answers the pipelines it created the first time."""
+    """Record a push delivery and start its pipelines, in the caller's transaction.
+
+    A delivery id seen before starts nothing and answers the pipelines it started the first
+    time. A (repository, commit) that a push started before is not started again, whatever
+    the delivery id. Raises IntegrityError when a concurrent delivery recorded the same id or
+    push first: roll back and call again, and this finds what that one recorded.
+    """
     if delivery_id is not None:
         if session.get(WebhookDelivery, delivery_id) is not None:
-            return DeliveryOutcome(_pipelines_of_delivery(session, delivery_id), replayed=True)
+            return DeliveryOutcome(_pipelines_of_delivery(session, delivery_id), [], True)
         session.add(WebhookDelivery(delivery_id=delivery_id))
-        try:
-            session.flush()
-        except IntegrityError:  # the same delivery arrived twice at once; the other one won
-            session.rollback()
-            return DeliveryOutcome(_pipelines_of_delivery(session, delivery_id), replayed=True)
-    ids = [create_pipeline(session, repo, sha, "push", delivery_id).id for repo, sha in create]
-    return DeliveryOutcome(ids, replayed=False)
+    started, earlier = [], []
+    for repo, sha in create:
+        existing = _push_pipeline(session, repo.id, sha)
+        if existing is not None:
+            earlier.append(existing)
+            continue
+        pipeline = create_pipeline(session, repo, sha, "push", delivery_id)
+        session.add(
+            PushRun(
+                repository_id=repo.id,
+                commit_sha=sha,
+                notebook_path=repo.notebook_path,
+                pipeline_id=pipeline.id,
+            )
+        )
+        started.append(pipeline.id)
+    session.flush()
+    return DeliveryOutcome(started, earlier, replayed=False)
+
+
+def _push_pipeline(session: Session, repository_id: int, sha: str) -> str | None:
+    # NOTE: looked up among pipelines rather than push_runs, so pushes recorded before that
+    # table existed count too; push_runs' key is what stops two deliveries at once.
+    return session.scalar(
+        select(Pipeline.id)
+        .where(
+            Pipeline.repository_id == repository_id,
+            Pipeline.commit_sha == sha,
+            Pipeline.trigger == "push",
+        )
+        .order_by(Pipeline.created_at)
+        .limit(1)
+    )
 
 
 def _pipelines_of_delivery(session: Session, delivery_id: str) -> list[str]:

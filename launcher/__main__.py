@@ -7,9 +7,10 @@ import os
 import sys
 
 from launcher.readiness import redact
-from launcher.services import Plan, plan, prepare_data_dir, webhook_secret
+from launcher.services import Plan, plan, prepare_data_dir, redis_password, webhook_secret
 from launcher.supervisor import supervise
 from mlops_core.settings import Settings, get_settings
+from mlops_core.token_vault import InvalidSecretKey, TokenVault
 
 
 def banner(settings: Settings, stack: Plan, names: set[str]) -> str:
@@ -33,6 +34,11 @@ def banner(settings: Settings, stack: Plan, names: set[str]) -> str:
     if stack.secret_file is not None:
         lines.append(
             f"webhook secret (generated; GITHUB_WEBHOOK_SECRET unset)  {stack.secret_file}"
+        )
+    if stack.key_file is not None:
+        lines.append(
+            f"token key (generated; MLOPS_SECRET_KEY unset)  {stack.key_file}"
+            "   (keep it: stored repository tokens are unreadable without it)"
         )
     if "gateway" in names:
         secret = (
@@ -62,16 +68,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = get_settings()
-    stack = plan(settings)
+    password = redis_password(settings)
+    stack = plan(settings, redis_password=password)
     try:
         services = stack.select(args.only) if args.only else stack.services
     except ValueError as exc:
         parser.error(str(exc))
-    prepare_data_dir(settings)
+    prepare_data_dir(settings, password)
     secret = webhook_secret(settings, stack.secret_file)
+    try:
+        # NOTE: made here, before the gateway and the worker start, so both read one key.
+        TokenVault.from_settings(settings)
+    except InvalidSecretKey as exc:
+        parser.error(str(exc))
     secret_values = {"GITHUB_WEBHOOK_SECRET": secret}
     if settings.api_key:
         secret_values["MLOPS_API_KEY"] = settings.api_key
+    if settings.secret_key:
+        secret_values["MLOPS_SECRET_KEY"] = settings.secret_key
     commands = {
         s.name: (
             s.command(settings.ready_timeout_s),

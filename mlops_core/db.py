@@ -79,7 +79,9 @@ class Repository(Base):
     branch: Mapped[str] = mapped_column(String(255))
     notebook_path: Mapped[str] = mapped_column(String(1024))
     github_token: Mapped[str | None] = mapped_column(Text, nullable=True)
-    """Used only to clone; never returned by the API, never logged."""
+    """Sealed by `mlops_core.token_vault` and opened only for the git command that needs it;
+    never returned by the API, never logged. A value without the sealed prefix is a plain-text
+    token from an older version, sealed in place when the gateway starts."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -123,6 +125,27 @@ class WebhookDelivery(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class PushRun(Base):
+    """One row per repository, commit and notebook a webhook push started a pipeline for.
+
+    GitHub's delivery id is outside the HMAC signature, so a signed body sent again under a
+    new id is known only by what it asks for: the gateway looks for a push pipeline of the
+    same repository and commit, and this primary key stops two deliveries that arrive at
+    once from both starting one. (A table of its own, so `create_all` adds it to a database
+    an older version made.)
+    """
+
+    __tablename__ = "push_runs"
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
+    )
+    commit_sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    notebook_path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the schema created; SQLite in WAL mode so the gateway and the workers
     can read and write at once."""
@@ -135,11 +158,22 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # NOTE: deleted and overwritten content is zeroed, so a value replaced in place
+            # (a plain-text token sealed) leaves no copy in the file's free space.
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
     return engine
+
+
+def checkpoint(engine: Engine) -> None:
+    """On SQLite, copy the write-ahead log into the database file and empty it, so pages
+    superseded by the last writes are gone from disk; nothing to do elsewhere."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

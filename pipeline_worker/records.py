@@ -24,6 +24,7 @@ class PipelineJob:
     github_url: str | None
     notebook_path: str | None
     github_token: str | None
+    """As stored: sealed (see `mlops_core.token_vault`); only the clone stage opens it."""
     repository: str | None
     """`owner/name` (or the local path) for MLflow tags and logs."""
 

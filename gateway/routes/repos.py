@@ -34,7 +34,9 @@ async def register(body: RepositoryCreate, resources: ResourcesDep) -> Repositor
     )
     branch = validate_branch(body.branch)
     notebook = validate_notebook_path(body.notebook_path)
-    repo = await resources.db(store.create_repository, ref, branch, notebook, body.github_token)
+    repo = await resources.db(
+        store.create_repository, ref, branch, notebook, body.github_token, resources.vault
+    )
     return RepositoryOut.of(repo)
 
 

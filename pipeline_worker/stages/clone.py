@@ -1,7 +1,8 @@
 """Clone stage: fetch exactly one commit of the registered repository, shallow, with a timeout.
 
-A token reaches git through `GIT_CONFIG_*` variables of that one command (an `Authorization`
-header), never through the URL, so no URL we log or store can carry it.
+The repository's token arrives sealed (as the database holds it) and is opened here, only for
+the fetch commands: it reaches git through `GIT_CONFIG_*` variables of those commands (an
+`Authorization` header), never through the URL, so no URL we log or store can carry it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from urllib.parse import urlsplit
 from mlops_core.db import PipelineStatus
 from mlops_core.errors import PipelineError
 from mlops_core.settings import Settings
+from mlops_core.token_vault import InvalidSecretKey, TokenUnreadable, TokenVault, is_sealed
 from pipeline_worker.scrub import Redactor
 
 STAGE = PipelineStatus.CLONING
 SHA = re.compile(r"^[0-9a-f]{7,64}$")
 LogFn = Callable[[str], Awaitable[None]]
+RedactFn = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,20 @@ def git_environment(token: str | None) -> dict[str, str]:
     return env
 
 
+def open_token(stored: str | None, settings: Settings) -> str | None:
+    """The token to send, from its stored form; a failure is the clone stage's."""
+    if not stored or not is_sealed(stored):
+        return stored or None
+    try:
+        return TokenVault.from_settings(settings).open(stored)
+    except TokenUnreadable as exc:
+        raise PipelineError(STAGE, exc.message) from None
+    except InvalidSecretKey as exc:
+        raise PipelineError(STAGE, str(exc)) from None
+
+
 async def _git(
-    args: list[str], cwd: Path, env: dict[str, str], timeout_s: float, redact: Redactor
+    args: list[str], cwd: Path, env: dict[str, str], timeout_s: float, redact: RedactFn
 ) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         "git",
@@ -129,21 +144,30 @@ async def clone(
     log: LogFn,
     redact: Redactor | None = None,
 ) -> CloneResult:
-    """Fetch `commit_sha` (or the head of `branch` when it is empty or `HEAD`) into `dest`."""
-    redact = redact or Redactor([token] if token else [])
+    """Fetch `commit_sha` (or the head of `branch` when it is empty or `HEAD`) into `dest`.
+
+    `token` is the repository's token as stored (sealed, or plain text from an older version).
+    """
     url = clone_url(github_url, settings)
-    env = git_environment(token)
+    plain_token = open_token(token, settings)
+    token_mask = Redactor([plain_token] if plain_token else [])
+
+    def scrub(text: str) -> str:
+        return token_mask(redact(text) if redact else text)
+
+    env, fetch_env = git_environment(None), git_environment(plain_token)
     await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
     wanted = (commit_sha or "").strip().lower()
     target = wanted if SHA.match(wanted) else f"refs/heads/{branch}"
-    await log(f"fetching {target if target != wanted else wanted[:12]} from {redact(url)}")
+    await log(f"fetching {target if target != wanted else wanted[:12]} from {scrub(url)}")
 
     deadline = asyncio.get_running_loop().time() + settings.clone_timeout_s
 
     async def run(*args: str) -> tuple[int, str]:
         remaining = deadline - asyncio.get_running_loop().time()
+        git_env = fetch_env if args[0] == "fetch" else env
         try:
-            return await _git(list(args), dest, env, max(remaining, 0.1), redact)
+            return await _git(list(args), dest, git_env, max(remaining, 0.1), scrub)
         except TimeoutError:
             raise PipelineError(
                 STAGE, f"git did not finish within {settings.clone_timeout_s:.0f}s cloning {url}"

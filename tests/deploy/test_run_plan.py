@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launcher.readiness import HttpReady, RedisReady, redact
-from launcher.services import Service, plan, webhook_secret
+from launcher.services import Service, plan, prepare_data_dir, redis_password, webhook_secret
 from mlops_core.settings import Settings
 from tests.support.processes import REPO_ROOT, free_port
 
@@ -30,20 +30,28 @@ def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
+PASSWORD = "generated-redis-password"
+REDIS_URL = f"redis://:{PASSWORD}@127.0.0.1:6379/0"
+
+
 def test_defaults_start_every_service_on_the_documented_ports(tmp_path: Path) -> None:
-    stack = plan(settings(tmp_path), python="py")
+    stack = plan(settings(tmp_path), python="py", redis_password=PASSWORD)
     names = [s.name for s in stack.services]
     assert names == ["redis", "mlflow", "inference.0", "inference.1", "worker", "gateway"]
     svc = by_name(stack.services)
 
     redis = svc["redis"].argv
+    assert redis[1] == str(tmp_path / "redis.conf")  # where its requirepass is
     assert flag(redis, "--port") == "6379"
+    assert flag(redis, "--bind") == "127.0.0.1"
     assert flag(redis, "--dir") == str(tmp_path / "redis")
     assert flag(redis, "--appendonly") == "yes"
-    assert stack.redis_url == "redis://127.0.0.1:6379/0"
+    assert stack.redis_url == REDIS_URL
+    assert svc["redis"].ready == RedisReady(REDIS_URL)
 
     mlflow = svc["mlflow"].argv
     assert mlflow[:4] == ["py", "-m", "mlflow", "server"]
+    assert flag(mlflow, "--host") == "127.0.0.1"
     assert flag(mlflow, "--backend-store-uri") == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     assert flag(mlflow, "--artifacts-destination") == str(tmp_path / "mlflow" / "artifacts")
     assert (flag(mlflow, "--port"), flag(mlflow, "--workers")) == ("5000", "1")
@@ -57,7 +65,7 @@ def test_defaults_start_every_service_on_the_documented_ports(tmp_path: Path) ->
         assert flag(replica.argv, "--http-port") == str(8001 + i)
         assert flag(replica.argv, "--replica-id") == f"replica-{i}"
         assert flag(replica.argv, "--model-source") == "mlflow"
-        assert flag(replica.argv, "--redis-url") == stack.redis_url
+        assert replica.env["REDIS_URL"] == stack.redis_url
         cpus = sorted(os.sched_getaffinity(0))
         assert flag(replica.argv, "--cpus") == str(cpus[i % len(cpus)])  # one CPU each
         assert replica.env["MLOPS_MODEL_REPOSITORY"] == str(tmp_path / f"replica-{i}" / "models")
@@ -72,10 +80,13 @@ def test_defaults_start_every_service_on_the_documented_ports(tmp_path: Path) ->
     assert svc["worker"].argv == ["py", "-m", "pipeline_worker"]
     for name in ("worker", "gateway", "inference.0"):
         assert svc[name].env["DATABASE_URL"] == f"sqlite:///{tmp_path}/mlops.db"
+        assert svc[name].env["REDIS_URL"] == REDIS_URL
         assert svc[name].needs == (
-            RedisReady("redis://127.0.0.1:6379/0"),
+            RedisReady(REDIS_URL),
             HttpReady("http://127.0.0.1:5000/health"),
         )
+    for service in stack.services:
+        assert PASSWORD not in service.command(60, python="py"), service.name
 
 
 def test_every_port_moves_and_the_fleet_follows_the_replica_count(tmp_path: Path) -> None:
@@ -117,24 +128,32 @@ def test_an_external_redis_is_used_instead_of_the_embedded_one(tmp_path: Path) -
     assert redact("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
 
 
-def test_secrets_reach_the_gateway_only(tmp_path: Path) -> None:
+def test_secrets_reach_only_the_services_that_use_them(tmp_path: Path) -> None:
     stack = plan(settings(tmp_path))
-    parent = {"PATH": "/usr/bin", "GITHUB_WEBHOOK_SECRET": "s", "MLOPS_API_KEY": "k", "X": "1"}
-    secret_values = {"GITHUB_WEBHOOK_SECRET": "s", "MLOPS_API_KEY": "k"}
+    secret_values = {"GITHUB_WEBHOOK_SECRET": "s", "MLOPS_API_KEY": "k", "MLOPS_SECRET_KEY": "t"}
+    parent = {"PATH": "/usr/bin", "X": "1", **secret_values}
+    users = {
+        "GITHUB_WEBHOOK_SECRET": {"gateway"},
+        "MLOPS_API_KEY": {"gateway", "inference.0", "inference.1"},
+        "MLOPS_SECRET_KEY": {"gateway", "worker"},  # the one seals tokens, the other opens them
+    }
     for service in stack.services:
         env = service.environment(parent, secret_values, "/venv/bin/python")
         assert env["X"] == "1"
         assert env["PATH"] == "/venv/bin:/usr/bin"
-        has = {"GITHUB_WEBHOOK_SECRET", "MLOPS_API_KEY"} <= env.keys()
-        assert has == (service.name == "gateway"), service.name
+        for name, services in users.items():
+            assert (name in env) == (service.name in services), (name, service.name)
 
 
 def test_commands_wait_for_redis_and_mlflow_first(tmp_path: Path) -> None:
-    svc = by_name(plan(settings(tmp_path), python="/v/python").services)
+    stack = plan(settings(tmp_path), python="/v/python", redis_password=PASSWORD)
+    svc = by_name(stack.services)
     assert shlex.split(svc["redis"].command(60, python="/v/python"))[0] == "exec"
     gateway = shlex.split(svc["gateway"].command(60, python="/v/python"))
     assert gateway[:6] == ["exec", "/v/python", "-m", "launcher.wait", "--timeout", "60"]
-    assert flag(gateway, "--redis") == "redis://127.0.0.1:6379/0"
+    # The URL holds the password: the wrapper takes it from the environment, not argv.
+    assert flag(gateway, "--redis-env") == "REDIS_URL"
+    assert "--redis" not in gateway
     assert flag(gateway, "--http") == "http://127.0.0.1:5000/health"
     assert gateway[gateway.index("--") + 1 :] == ["/v/python", "-m", "gateway"]
 
@@ -148,6 +167,42 @@ def test_select_by_service_name(tmp_path: Path) -> None:
     ]
     with pytest.raises(ValueError, match="frontend"):
         stack.select(["frontend"])
+
+
+def test_the_embedded_redis_gets_a_private_kept_password(tmp_path: Path) -> None:
+    password = redis_password(settings(tmp_path))
+    assert len(password) == 64
+    assert redis_password(settings(tmp_path)) == password
+    stack = plan(settings(tmp_path), redis_password=password)
+    assert stack.redis_password_file == tmp_path / "redis_password"
+    prepare_data_dir(settings(tmp_path), password)
+    config = tmp_path / "redis.conf"
+    assert config.read_text() == f"requirepass {password}\n"
+    for path in (stack.redis_password_file, config):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert redact(stack.redis_url) == "redis://***@127.0.0.1:6379/0"
+    assert password not in RedisReady(stack.redis_url).describe()
+
+    external = settings(tmp_path / "ext", redis_url="redis://:pw@redis.internal:6380/2")
+    assert redis_password(external) == ""
+    assert plan(external, redis_password="").redis_password_file is None
+    assert not (tmp_path / "ext").exists()
+
+
+def test_the_wait_wrapper_reads_the_redis_url_from_the_environment(redis_url: str) -> None:
+    done = wait_wrapper("--redis-env", "MLOPS_TEST_REDIS", "--", "true")
+    assert done.returncode != 0 and "MLOPS_TEST_REDIS not set" in done.stderr
+    done = wait_wrapper(
+        "--redis-env", "MLOPS_TEST_REDIS", "--", sys.executable, "-c", "print('started')",
+        env={"MLOPS_TEST_REDIS": redis_url},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "started"
+
+
+def test_the_token_key_is_kept_in_the_data_directory_unless_given(tmp_path: Path) -> None:
+    assert plan(settings(tmp_path)).key_file == tmp_path / "secret.key"
+    assert plan(settings(tmp_path, secret_key="k")).key_file is None
 
 
 def test_a_generated_webhook_secret_is_private_and_kept(tmp_path: Path) -> None:
@@ -165,13 +220,14 @@ def test_a_generated_webhook_secret_is_private_and_kept(tmp_path: Path) -> None:
     assert not (tmp_path / "other" / "webhook_secret").exists()
 
 
-def wait_wrapper(*args: str) -> subprocess.CompletedProcess[str]:
+def wait_wrapper(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "launcher.wait", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
         timeout=30,
+        env={**os.environ, **(env or {})},
     )
 
 

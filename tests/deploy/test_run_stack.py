@@ -31,7 +31,11 @@ def test_infrastructure_restarts_with_its_state(tmp_path: Path) -> None:
     mlflow = f"http://127.0.0.1:{mlflow_port}"
     first = Platform("first", tmp_path, env, only=["redis", "mlflow"]).start()
     first.wait_ready()
-    client = redis.Redis(port=int(redis_port))
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=int(redis_port)).ping()
+    password = (tmp_path / "data" / "redis_password").read_text().strip()
+    client = redis.Redis(port=int(redis_port), password=password)
+    assert client.config_get("bind") == {"bind": "127.0.0.1"}
     client.set("survives", "restart")
     created = httpx.post(f"{mlflow}/api/2.0/mlflow/experiments/create", json={"name": "kept"})
     assert created.status_code == 200, created.text
@@ -39,7 +43,9 @@ def test_infrastructure_restarts_with_its_state(tmp_path: Path) -> None:
     assert first.stop(signal.SIGTERM) == 0
     assert_all_gone(first, tree, [int(redis_port), int(mlflow_port)])
     assert "platform ready in" in first.output()
-    assert (tmp_path / "data" / "webhook_secret").stat().st_mode & 0o777 == 0o600
+    for kept in ("webhook_secret", "redis_password", "redis.conf", "secret.key"):
+        assert (tmp_path / "data" / kept).stat().st_mode & 0o777 == 0o600, kept
+    assert password not in first.output()
 
     second = Platform("second", tmp_path, env, only=["redis", "mlflow"]).start()
     second.wait_ready()
@@ -82,3 +88,6 @@ def test_whole_platform_ready_then_stopped_clean(tmp_path: Path) -> None:
     ports = [int(env[k]) for k in ("MLOPS_GATEWAY_PORT", "MLOPS_GRPC_PORT", "MLOPS_REDIS_PORT")]
     assert_all_gone(platform, tree, [*ports, http_base, http_base + 1])
     assert "SIGKILL" not in platform.output(), "every service should stop on SIGTERM"
+    # Every service connected with it, and none of them, nor the runner, printed it.
+    password = (tmp_path / "data" / "redis_password").read_text().strip()
+    assert password not in platform.output()
