@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from gateway.coalescer import Answer, RequestCoalescer
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import UpstreamError, UpstreamTimeout, preview
 from mlops_core.errors import (
     InvalidInput,
     MessageTooLarge,
@@ -96,8 +96,8 @@ def encode_rows(model: str, data: Any, spec: InputSpec) -> np.ndarray:
             # NOTE: type() rather than isinstance() so booleans (an int subclass) are refused.
             if type(value) is not float and type(value) is not int:
                 raise InvalidInput(
-                    f"row {i} holds {value!r}, not a number; model {model!r} takes numbers "
-                    f"of shape {shape}"
+                    f"row {i} holds {preview(value)}, not a number; model {model!r} takes "
+                    f"numbers of shape {shape}"
                 )
     dtype = OIP_TO_NUMPY[spec.datatype]
     with np.errstate(over="ignore"):
@@ -147,7 +147,9 @@ def map_rpc_error(model: str, error: grpc.aio.AioRpcError) -> MlopsError:
 class FleetClient:
     """Predictions through one shared channel, with each model version's input cached."""
 
-    def __init__(self, target: str, max_message_bytes: int, coalesce_in_flight: int = 4) -> None:
+    def __init__(
+        self, target: str, max_message_bytes: int, coalesce_in_flight: int = 4, api_key: str = ""
+    ) -> None:
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -158,6 +160,8 @@ class FleetClient:
             ],
         )
         self._stub = GRPCInferenceServiceStub(self._channel)
+        # Replicas with MLOPS_API_KEY set refuse inference and metadata calls without it.
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._specs: dict[tuple[str, str], InputSpec] = {}
         # The version each model answered last: its cached input spec checks the next request.
         self._last_version: dict[str, str] = {}
@@ -186,7 +190,9 @@ class FleetClient:
 
             def send(rows: np.ndarray) -> Awaitable[pb.ModelInferResponse]:
                 request = infer_request(model, {spec.name: rows})
-                return self._stub.ModelInfer(request, timeout=PREDICT_TIMEOUT_S)
+                return self._stub.ModelInfer(
+                    request, timeout=PREDICT_TIMEOUT_S, metadata=self._metadata
+                )
 
             if self._coalesce_in_flight > 0:
                 coalescer = RequestCoalescer(send, max_in_flight=self._coalesce_in_flight)
@@ -198,7 +204,9 @@ class FleetClient:
     async def _input_spec(self, model: str, version: str) -> InputSpec:
         try:
             meta = await self._stub.ModelMetadata(
-                pb.ModelMetadataRequest(name=model, version=version), timeout=PREDICT_TIMEOUT_S
+                pb.ModelMetadataRequest(name=model, version=version),
+                timeout=PREDICT_TIMEOUT_S,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND and version:

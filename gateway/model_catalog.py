@@ -83,7 +83,8 @@ def _version_out(raw: dict[str, Any]) -> ModelVersionOut:
 
 
 def _version_key(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (1 << 62, version)
+    # NOTE: isascii too: str.isdigit() accepts digits such as "²" that int() refuses.
+    return (int(version), "") if version.isascii() and version.isdigit() else (1 << 62, version)
 
 
 def _serving(report: ReplicaReport, model: str) -> ReplicaServing | None:
@@ -132,7 +133,7 @@ def describe_model(
 
 
 async def list_models(redis: Redis, registry: Registry) -> tuple[list[ModelOut], bool]:
-    desired = await fleet_state.get_desired(redis)
+    desired = (await fleet_state.get_desired(redis)).models
     replicas = await fleet_state.live_replicas(redis)
     registered = await registry.versions()
     names = set(desired) | {m for r in replicas for m in r.models} | set(registered or {})

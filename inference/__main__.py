@@ -36,6 +36,12 @@ def parse_args(settings: Settings, argv: list[str] | None = None) -> argparse.Na
         help="this replica's own gRPC port, for a balancing gateway",
     )
     parser.add_argument(
+        "--private-host",
+        default=None,
+        help="address of the private gRPC port and the HTTP status port, e.g. 127.0.0.1 "
+        "(default: MLOPS_GRPC_HOST, as the public gRPC port)",
+    )
+    parser.add_argument(
         "--http-port",
         type=int,
         default=settings.http_port,
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         private_grpc_port=args.private_grpc_port,
+        private_host=args.private_host,
         redis_url=args.redis_url,
         model_source=args.model_source,
     )

@@ -1,7 +1,9 @@
 """Fleet mode: converge this replica's repository to the desired state in Redis, and report.
 
 A replica reconciles on every change notice and on a periodic resync (so a missed message
-or a restart heals itself), and writes a heartbeat with a TTL saying what it serves.
+or a restart heals itself), and writes a heartbeat with a TTL saying what it serves. A
+malformed entry in the desired state is skipped (`fleet_state` logs it once): the model it
+names stays as it is, and every other model is reconciled.
 """
 
 from __future__ import annotations
@@ -68,11 +70,11 @@ class FleetReconciler:
         async with self._lock:
             desired = await fleet_state.get_desired(self.redis)
             for name in self.repository.model_names():
-                if name not in desired:
+                if name not in desired.models and name not in desired.malformed:
                     self.repository.remove(name)
             # NOTE: models reconcile concurrently so one slow download delays no other model.
             await asyncio.gather(
-                *(self._reconcile_model(name, want) for name, want in desired.items())
+                *(self._reconcile_model(name, want) for name, want in desired.models.items())
             )
         await self.heartbeat()
 
@@ -128,6 +130,11 @@ class FleetReconciler:
                 self.synced.set()
             except (RedisError, OSError) as exc:
                 log.warning("reconcile failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                # NOTE: this loop must outlive any one failure: a loop that died would leave
+                # the replica serving a stale state, and a starting one never ready.
+                log.exception("reconcile failed unexpectedly; retrying")
                 await asyncio.sleep(1.0)
 
     async def _heartbeat_loop(self) -> None:

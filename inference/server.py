@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
+from inference.api_key import ApiKeyInterceptor
 from inference.metrics import ReplicaMetrics
 from inference.reconcile import FleetReconciler
 from inference.repository import BatchingPolicy, ModelRepository
@@ -44,6 +45,8 @@ class ReplicaOptions:
     grpc_port: int
     http_port: int
     private_grpc_port: int | None = None
+    private_host: str | None = None
+    """Address of the private gRPC port and the HTTP status port; None: the gRPC host."""
     redis_url: str | None = None
     model_source: str = "directory"
 
@@ -99,6 +102,7 @@ class Replica:
 
     async def start(self) -> None:
         limit = self.settings.max_message_bytes
+        key = self.settings.api_key
         # NOTE: the synchronous server, not grpc.aio: each request is handled start to end on
         # one of its threads, where grpc.aio crosses from its poller thread to the event loop
         # several times per call. With the replica pinned to one CPU, h2load on iris LR, same
@@ -110,6 +114,8 @@ class Replica:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1),
             ],
+            # NOTE: no interceptor at all without a key: the hot path stays as it was.
+            interceptors=[ApiKeyInterceptor(key)] if key else [],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.repository, lambda: self.ready), self.grpc_server
@@ -118,22 +124,25 @@ class Replica:
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         host = self.settings.grpc_host
+        private_host = self.options.private_host or host
         self.grpc_server.add_insecure_port(f"{host}:{self.options.grpc_port}")
         if self.options.private_grpc_port:
-            self.grpc_server.add_insecure_port(f"{host}:{self.options.private_grpc_port}")
+            self.grpc_server.add_insecure_port(f"{private_host}:{self.options.private_grpc_port}")
         self.grpc_server.start()
         self.http_server = StatusHttpServer(
-            host,
+            private_host,
             self.options.http_port,
             {"/health": self._health, "/ready": self._ready, "/metrics": self._metrics},
         )
         await self.http_server.start()
         log.info(
-            "replica %s: gRPC on %s:%s, HTTP on %s",
+            "replica %s: gRPC on %s:%s, HTTP on %s:%s%s",
             self.settings.replica_id,
             host,
             self.options.grpc_port,
+            private_host,
             self.options.http_port,
+            ", API key required" if self.settings.api_key else "",
         )
         if self.options.redis_url:
             await self._start_fleet_mode(self.options.redis_url)

@@ -6,30 +6,51 @@ Keys:
   A model absent from the hash is served by no replica.
 - `mlops:fleet:changed` channel: a model name is published whenever its entry changes.
 - `mlops:fleet:replica:<replica_id>` string with a TTL: JSON `ReplicaReport`.
+
+Every reader validates every entry: a malformed one (not JSON, wrong types, a version that is
+not a string of digits, a name that is not a model name, unknown fields) is logged once and
+skipped, so one bad entry never stops the fleet, a listing or a deploy of another model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import ConfigDict, StringConstraints, TypeAdapter, ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from mlops_core.errors import RolloutTimeout
+from mlops_core.errors import InvalidInput, RolloutTimeout
+
+log = logging.getLogger(__name__)
 
 DESIRED_KEY = "mlops:fleet:desired"
 CHANGED_CHANNEL = "mlops:fleet:changed"
 REPLICA_KEY_PREFIX = "mlops:fleet:replica:"
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
+"""What a model name may be (it names folders on every replica)."""
+Version = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")]
+"""A model version: the MLflow registered-model version, a string of ASCII digits."""
+# NOTE: strict (no "1" -> 1 coercion) and no unknown fields: an entry either is exactly what
+# the writers below write, or it is skipped.
+_STRICT = ConfigDict(strict=True, extra="forbid")
+
 
 @dataclass(frozen=True)
 class DesiredModel:
-    active: str
+    __pydantic_config__ = _STRICT
+
+    active: Version
     """The version every replica should serve by default."""
-    warm: list[str] = field(default_factory=list)
+    warm: list[Version] = field(default_factory=list)
     """Other versions to keep loaded, newest first, so switching to them is instant."""
 
     def versions(self) -> list[str]:
@@ -38,6 +59,8 @@ class DesiredModel:
 
 @dataclass
 class ServedModel:
+    __pydantic_config__ = _STRICT
+
     active: str | None
     loaded: list[str]
     failed: dict[str, str] = field(default_factory=dict)
@@ -46,6 +69,8 @@ class ServedModel:
 
 @dataclass
 class ReplicaReport:
+    __pydantic_config__ = _STRICT
+
     replica_id: str
     grpc_address: str
     http_address: str
@@ -55,16 +80,84 @@ class ReplicaReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> ReplicaReport:
-        data = json.loads(raw)
-        models = {name: ServedModel(**m) for name, m in data.pop("models").items()}
-        return cls(models=models, **data)
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The desired-state hash as read: its valid entries, and the models whose entry is not."""
+
+    models: dict[str, DesiredModel]
+    malformed: frozenset[str] = frozenset()
+    """Valid model names whose entry is malformed: what replicas serve of them stays as it is
+    (their intent is unknown) until the entry is written again."""
+
+
+_DESIRED_MODEL = TypeAdapter(DesiredModel)
+_REPLICA_REPORT = TypeAdapter(ReplicaReport)
+
+
+class MalformedEntries:
+    """Logs each malformed entry once, not on every read (replicas read every few seconds).
+
+    An entry is known by its field and a digest of its bytes, so a new bad value is logged
+    again; only entries still present are remembered."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._logged: dict[str, bytes] = {}
+
+    def report(self, key: str, raw: bytes, reason: str) -> None:
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        if self._logged.get(key) != digest:
+            self._logged[key] = digest
+            log.warning("skipping malformed %s %s: %s", self.what, _shown(key), reason)
+
+    def keep_only(self, keys: set[str]) -> None:
+        for key in self._logged.keys() - keys:
+            del self._logged[key]
+
+    def discard(self, key: str) -> None:
+        self._logged.pop(key, None)
+
+
+malformed_desired = MalformedEntries("desired-state entry")
+malformed_reports = MalformedEntries("replica heartbeat")
+
+
+def parse_desired_model(raw: str | bytes) -> DesiredModel:
+    """One desired-state value; ValueError says what is wrong with it."""
+    try:
+        return _DESIRED_MODEL.validate_json(raw)
+    except ValidationError as exc:
+        raise ValueError(_reasons(exc)) from None
+
+
+def parse_replica_report(raw: str | bytes) -> ReplicaReport:
+    """One heartbeat value; ValueError says what is wrong with it."""
+    try:
+        return _REPLICA_REPORT.validate_json(raw)
+    except ValidationError as exc:
+        raise ValueError(_reasons(exc)) from None
+
+
+def check_model_name(name: str) -> None:
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"{_shown(name)} is not a model name (a letter or digit, then letters, digits, "
+            "'.', '_' or '-'; 256 characters at most)"
+        )
 
 
 async def set_desired(redis: Redis, model: str, desired: DesiredModel) -> None:
-    """Record the version that should serve (and those to keep warm) and notify replicas."""
-    await redis.hset(DESIRED_KEY, model, json.dumps(asdict(desired)))
+    """Record the version that should serve (and those to keep warm) and notify replicas.
+
+    This overwrites whatever the model's entry held, a malformed one included."""
+    raw = json.dumps(asdict(desired))
+    try:
+        check_model_name(model)
+        parse_desired_model(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"cannot record the desired state of {_shown(model)}: {exc}") from None
+    await redis.hset(DESIRED_KEY, model, raw)
     await redis.publish(CHANGED_CHANNEL, model)
 
 
@@ -74,14 +167,54 @@ async def remove_desired(redis: Redis, model: str) -> None:
     await redis.publish(CHANGED_CHANNEL, model)
 
 
-async def get_desired(redis: Redis) -> dict[str, DesiredModel]:
-    raw: dict[Any, Any] = await redis.hgetall(DESIRED_KEY)
-    return {_text(k): DesiredModel(**json.loads(v)) for k, v in raw.items()}
+async def get_desired(redis: Redis) -> DesiredState:
+    """Every valid entry of the desired state; malformed ones are logged once and skipped."""
+    try:
+        raw: dict[Any, Any] = await redis.hgetall(DESIRED_KEY)
+    except ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        malformed_desired.report(DESIRED_KEY, b"", "the key is not a hash; nothing is desired")
+        return DesiredState({})
+    models: dict[str, DesiredModel] = {}
+    malformed: set[str] = set()
+    bad: set[str] = set()
+    for raw_name, value in raw.items():
+        name = _text(raw_name)
+        try:
+            check_model_name(name)
+        except ValueError as exc:
+            bad.add(name)
+            malformed_desired.report(name, value, str(exc))
+            continue
+        try:
+            models[name] = parse_desired_model(value)
+        except ValueError as exc:
+            bad.add(name)
+            malformed.add(name)
+            malformed_desired.report(name, value, str(exc))
+    malformed_desired.keep_only(bad)
+    return DesiredState(models, frozenset(malformed))
 
 
 async def get_desired_model(redis: Redis, model: str) -> DesiredModel | None:
-    raw = await redis.hget(DESIRED_KEY, model)
-    return DesiredModel(**json.loads(raw)) if raw else None
+    """The model's entry; None when it has none, or a malformed one (logged once)."""
+    try:
+        raw = await redis.hget(DESIRED_KEY, model)
+    except ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        malformed_desired.report(DESIRED_KEY, b"", "the key is not a hash; nothing is desired")
+        return None
+    if raw is None:
+        return None
+    try:
+        desired = parse_desired_model(raw)
+    except ValueError as exc:
+        malformed_desired.report(model, raw, str(exc))
+        return None
+    malformed_desired.discard(model)
+    return desired
 
 
 async def write_heartbeat(redis: Redis, report: ReplicaReport, ttl_s: float) -> None:
@@ -98,10 +231,18 @@ async def live_replicas(redis: Redis) -> list[ReplicaReport]:
     if not keys:
         return []
     values = await redis.mget(keys)
-    return sorted(
-        (ReplicaReport.from_json(v) for v in values if v is not None),
-        key=lambda r: r.replica_id,
-    )
+    reports: list[ReplicaReport] = []
+    bad: set[str] = set()
+    for key, value in zip(keys, values, strict=True):
+        if value is None:  # expired between SCAN and MGET
+            continue
+        try:
+            reports.append(parse_replica_report(value))
+        except ValueError as exc:
+            bad.add(_text(key))
+            malformed_reports.report(_text(key), value, str(exc))
+    malformed_reports.keep_only(bad)
+    return sorted(reports, key=lambda r: r.replica_id)
 
 
 def rollout_done(replicas: list[ReplicaReport], model: str, version: str | None) -> bool:
@@ -146,4 +287,18 @@ async def wait_for_rollout(
 
 
 def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    # NOTE: "replace": a key that is not UTF-8 still gets a name, which no check accepts.
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A name as a log line or message may show it: quoted, and cut if long."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
+def _reasons(exc: ValidationError) -> str:
+    # NOTE: without the input values: an entry may be huge, and its bytes are not ours.
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    )

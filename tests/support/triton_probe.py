@@ -2,7 +2,8 @@
 
 Usage: python -m tests.support.triton_probe '<json>' with
 {"url": "127.0.0.1:50051", "model": "iris", "version": "", "rows": [[...], ...],
- "datatype": "FP32", "input": "input"}; prints JSON with metadata and outputs.
+ "datatype": "FP32", "input": "input", "headers": {"authorization": "Bearer ..."},
+ "metadata": true}; prints JSON with metadata (unless "metadata" is false) and outputs.
 """
 
 from __future__ import annotations
@@ -19,20 +20,25 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     client = grpcclient.InferenceServerClient(url=spec["url"])
     version = spec.get("version", "")
+    headers = spec.get("headers")
     result: dict[str, object] = {
-        "live": client.is_server_live(),
-        "ready": client.is_server_ready(),
-        "model_ready": client.is_model_ready(spec["model"], version),
+        "live": client.is_server_live(headers=headers),
+        "ready": client.is_server_ready(headers=headers),
+        "model_ready": client.is_model_ready(spec["model"], version, headers=headers),
     }
     try:
-        meta = client.get_model_metadata(spec["model"], version, as_json=True)
-        result["metadata"] = meta
+        if spec.get("metadata", True):
+            result["metadata"] = client.get_model_metadata(
+                spec["model"], version, headers=headers, as_json=True
+            )
         rows = np.asarray(spec["rows"], dtype=spec.get("dtype", "float32"))
         infer_input = grpcclient.InferInput(
             spec.get("input", "input"), list(rows.shape), spec.get("datatype", "FP32")
         )
         infer_input.set_data_from_numpy(rows)
-        response = client.infer(spec["model"], [infer_input], model_version=version)
+        response = client.infer(
+            spec["model"], [infer_input], model_version=version, headers=headers
+        )
         raw = response.get_response(as_json=True)
         result["model_version"] = raw["model_version"]
         result["outputs"] = {
