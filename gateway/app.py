@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from gateway.body_limit import BodyLimit, RequestBodyLimit
 from gateway.deps import open_resources, require_api_key
 from gateway.errors import ConfigError, install_error_handlers
 from gateway.routes import models, pipelines, repos, system, webhook, ws
 from mlops_core import gc_tuning
 from mlops_core.settings import Settings, get_settings
+from mlops_core.token_vault import InvalidSecretKey, TokenVault
 
 log = logging.getLogger("gateway")
 
@@ -22,7 +24,9 @@ notebook runs a pipeline (clone, validate, execute, convert to ONNX, verify, reg
 roll out to the inference fleet). Follow it live on `/ws/pipelines/{id}/logs`, predict over
 REST here or over gRPC (Open Inference Protocol v2) on the fleet, and roll back in one call.
 
-Every error answers `{"detail": "..."}`. With `MLOPS_API_KEY` set, every route but `/health`,
+Every error answers `{"detail": "..."}`; a 422 names each field and its problem without
+echoing what was sent. Bodies larger than `MLOPS_MAX_PREDICT_BYTES` (the webhook:
+`MLOPS_MAX_WEBHOOK_BYTES`) answer 413. With `MLOPS_API_KEY` set, every route but `/health`,
 `/ready` and `/webhook/github` needs `Authorization: Bearer <key>`.
 """
 
@@ -34,6 +38,11 @@ def check_settings(settings: Settings) -> None:
             "GITHUB_WEBHOOK_SECRET is empty: set it (the secret configured on the GitHub "
             "webhook), or set MLOPS_DEV_MODE=true to accept unsigned webhooks in development"
         )
+    if settings.secret_key:
+        try:
+            TokenVault(settings.secret_key, "MLOPS_SECRET_KEY")
+        except InvalidSecretKey as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,6 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Prediction rows are the largest body any route takes: every route is held to their
+    # limit, but the webhook, which has its own.
+    app.add_middleware(
+        RequestBodyLimit,
+        default=BodyLimit(settings.max_predict_bytes, "MLOPS_MAX_PREDICT_BYTES"),
+        by_path={
+            "/webhook/github": BodyLimit(settings.max_webhook_bytes, "MLOPS_MAX_WEBHOOK_BYTES")
+        },
+    )
     protected = [Depends(require_api_key)]
     app.include_router(system.router)
     app.include_router(webhook.router)

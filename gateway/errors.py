@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import reprlib
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -50,14 +51,56 @@ async def _mlops_error(_request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+PREVIEW_CHARS = 100
+"""The most of a submitted value (or of a name a client chose) an error answer repeats."""
+MAX_LISTED_ERRORS = 10
+"""Validation errors listed one by one; a body can hold millions, the rest are counted."""
+
+# NOTE: reprlib looks at a bounded part of the value (a string's first characters, a list's
+# first items), so previewing a value of many megabytes costs next to nothing.
+_preview_repr = reprlib.Repr()
+_preview_repr.maxlevel = 2
+_preview_repr.maxstring = _preview_repr.maxother = PREVIEW_CHARS
+_preview_repr.maxlist = _preview_repr.maxtuple = 8
+_preview_repr.maxdict = 4
+
+
+def preview(value: object) -> str:
+    """A short repr of a value a client sent, for an error message: at most PREVIEW_CHARS."""
+    return _clip(_preview_repr.repr(value), PREVIEW_CHARS)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    # NOTE: pydantic's errors carry the submitted `input` (and `ctx`, `url`); they are left out
+    # so a 422 never echoes a big body back. Names in `loc` can come from the client too
+    # (an unexpected key), so they are clipped like values.
     assert isinstance(exc, RequestValidationError)
+    found = exc.errors()
     errors = [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
-        for e in exc.errors()
+        {
+            "loc": [_clip(str(p), PREVIEW_CHARS) for p in e.get("loc", ())],
+            "msg": _message(e),
+            "type": e.get("type"),
+        }
+        for e in found[:MAX_LISTED_ERRORS]
     ]
     detail = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+    if len(found) > MAX_LISTED_ERRORS:
+        detail += f"; and {len(found) - MAX_LISTED_ERRORS} more errors"
     return error_response(422, detail, errors=errors)
+
+
+def _message(error: Any) -> str:
+    message = str(error.get("msg", ""))
+    reason = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "json_invalid" and isinstance(reason, str):
+        message = f"{message}: {reason}"  # "JSON decode error: Expecting value"
+    # A validator's own message may quote the value it refused.
+    return _clip(message, 2 * PREVIEW_CHARS)
 
 
 def _where(loc: list[str]) -> str:

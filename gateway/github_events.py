@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from mlops_core.errors import InvalidInput, Unauthorized
 
 SIGNATURE_PREFIX = "sha256="
 _ZERO_SHA = "0" * 40
+# A commit id: SHA-1 (40 hex digits) or, in SHA-256 repositories, 64.
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> None:
@@ -34,6 +37,7 @@ class PushEvent:
     branch: str | None
     """None for a tag push."""
     head_sha: str
+    """The pushed head commit, in lower case."""
     changed_paths: frozenset[str]
     """Paths added or modified by any commit of the push."""
     deleted: bool
@@ -51,6 +55,9 @@ class PushEvent:
         head = payload.get("after")
         if not isinstance(head, str):
             raise InvalidInput("push payload has no 'after' commit")
+        head = head.lower()
+        if not _COMMIT_SHA.fullmatch(head):
+            raise InvalidInput("push payload's 'after' is not a commit id (40 or 64 hex digits)")
         urls = (repository.get(k) for k in ("clone_url", "html_url", "url", "git_url", "ssh_url"))
         changed: set[str] = set()
         commits = payload.get("commits") or []

@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway import git_remote, store
@@ -50,7 +51,9 @@ def _mark_unqueued(session: Session, pipeline_id: str, reason: str) -> None:
 async def trigger(resources: Resources, repository_id: int) -> PipelineOut:
     """Run the pipeline on the head of the registered branch, as a push would."""
     repo = await resources.db(store.get_repository, repository_id)
-    sha = await git_remote.branch_head(repo.github_url, repo.branch, repo.github_token)
+    sha = await git_remote.branch_head(
+        repo.github_url, repo.branch, repo.github_token, resources.vault
+    )
     pipeline = await resources.db(_create_manual, repository_id, sha)
     await enqueue(resources, [pipeline.id])
     return PipelineOut.of(pipeline)
@@ -71,24 +74,45 @@ async def handle_push(
     if not outcome.replayed:
         await enqueue(resources, outcome.pipeline_ids)
     log.info(
-        "push %s to %s@%s: pipelines %s%s",
+        "push %s to %s@%s %s: pipelines %s%s%s",
         delivery_id,
         push.full_name,
         push.branch,
+        push.head_sha,
         outcome.pipeline_ids,
         " (replayed delivery)" if outcome.replayed else "",
+        f", already started by an earlier delivery: {outcome.duplicate_of}"
+        if outcome.duplicate_of
+        else "",
     )
     return outcome
+
+
+RECORD_ATTEMPTS = 3
+"""Tries at recording a push whose delivery id or commit a concurrent delivery just took."""
 
 
 def _record_push(
     session: Session, delivery_id: str | None, push: PushEvent
 ) -> store.DeliveryOutcome:
-    if push.branch is None:
-        matching = []
-    else:
-        matching = [r for r in store.repositories_on_branch(session, push.branch) if push.is_for(r)]
-    return store.record_delivery(session, delivery_id, [(r, push.head_sha) for r in matching])
+    for _ in range(RECORD_ATTEMPTS):
+        if push.branch is None:
+            matching = []
+        else:
+            repos = store.repositories_on_branch(session, push.branch)
+            matching = [r for r in repos if push.is_for(r)]
+        try:
+            return store.record_delivery(
+                session, delivery_id, [(r, push.head_sha) for r in matching]
+            )
+        except IntegrityError:
+            # NOTE: two deliveries of one push at once both find nothing and both insert; the
+            # database's keys let the first commit, the other's insert fails once that commit
+            # is done, and the next attempt finds what it recorded.
+            session.rollback()
+    raise ServiceUnavailable(
+        f"delivery {delivery_id} kept colliding with concurrent deliveries; redeliver it"
+    )
 
 
 async def cancel(resources: Resources, pipeline_id: str) -> tuple[PipelineOut, bool]:

@@ -182,7 +182,18 @@ class PipelineLogs(BaseModel):
 
 
 class WebhookAccepted(BaseModel):
-    pipeline_ids: list[str] = Field(examples=[["6f1c2a5e-8a39-4d59-9f0e-2b1d2f3c4d5e"]])
+    pipeline_ids: list[str] = Field(
+        description="Pipelines this delivery started (for a replayed delivery id: the ones "
+        "it started the first time)",
+        examples=[["6f1c2a5e-8a39-4d59-9f0e-2b1d2f3c4d5e"]],
+    )
+    duplicate_of: list[str] = Field(
+        default_factory=list,
+        description="Pipelines an earlier delivery of the same push (same repository, commit "
+        "and notebook, whatever its delivery id) started: not started again. "
+        "`POST /repos/{id}/trigger` runs a commit again on purpose.",
+        examples=[[]],
+    )
     replayed: bool = Field(
         False, description="The delivery id was seen before: nothing new was created"
     )

@@ -40,6 +40,10 @@ async def list_models(resources: ResourcesDep) -> ModelList:
     response_model=PredictResponse,
     responses=error_responses(
         NOT_FOUND,
+        (
+            413,
+            "request body exceeds 4194304 bytes (MLOPS_MAX_PREDICT_BYTES)",
+        ),
         (422, "row 0 has 3 values; model 'iris-classifier' takes shape [n, 4]"),
         (503, "the inference fleet cannot serve 'iris-classifier' now: ..."),
     ),
@@ -52,9 +56,10 @@ async def list_models(resources: ResourcesDep) -> ModelList:
 )
 async def predict(name: ModelName, request: Request, resources: ResourcesDep) -> Response:
     """Predict with the model's active version: rows in, predictions (and, for classifiers,
-    probabilities) out."""
-    # NOTE: the body is parsed with orjson and checked against the model's own input shape
-    # (from its metadata), which gives shape-aware messages and keeps this hot path short.
+    probabilities) out. Bodies past `MLOPS_MAX_PREDICT_BYTES` answer 413."""
+    # NOTE: gateway.body_limit bounds what `request.body()` reads. The body is parsed
+    # with orjson and checked against the model's own input shape (from its metadata), which
+    # gives shape-aware messages and keeps this hot path short.
     try:
         payload = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -56,7 +57,7 @@ def test_signed_push_that_changes_the_notebook_queues_one_pipeline(
         api, local_repo.push_payload(sha, modified=[NOTEBOOK]), delivery=delivery
     )
     assert response.status_code == 202, response.text
-    assert response.json()["replayed"] is False
+    assert response.json()["replayed"] is False and response.json()["duplicate_of"] == []
     (pipeline_id,) = response.json()["pipeline_ids"]
     pipeline = api.get(f"/pipelines/{pipeline_id}").json()
     assert pipeline["status"] == "queued" and pipeline["trigger"] == "push"
@@ -67,7 +68,7 @@ def test_signed_push_that_changes_the_notebook_queues_one_pipeline(
     before = pipeline_count(api)
     again = signed_post(api, local_repo.push_payload(sha, modified=[NOTEBOOK]), delivery=delivery)
     assert again.status_code == 202
-    assert again.json() == {"pipeline_ids": [pipeline_id], "replayed": True}
+    assert again.json() == {"pipeline_ids": [pipeline_id], "duplicate_of": [], "replayed": True}
     assert pipeline_count(api) == before
     assert api.post(f"/pipelines/{pipeline_id}/cancel").status_code == 200
 
@@ -77,17 +78,17 @@ def test_github_repository_matches_by_full_name_or_clone_url(api: httpx.Client):
         "/repos",
         json={"github_url": "https://github.com/Acme/Hooked", "notebook_path": "train.ipynb"},
     ).json()
-    base = {
-        "ref": "refs/heads/main",
-        "after": "b" * 40,
-        "commits": [{"added": ["train.ipynb"], "modified": []}],
-    }
-    for repository in (
-        {"full_name": "ACME/hooked", "clone_url": "https://example.invalid/x.git"},
-        {"full_name": "someone/else", "clone_url": "https://github.com/acme/HOOKED.git"},
-        {"full_name": "someone/else", "html_url": "https://github.com/acme/hooked/"},
+    base = {"ref": "refs/heads/main", "commits": [{"added": ["train.ipynb"], "modified": []}]}
+    for sha, repository in (
+        ("b" * 40, {"full_name": "ACME/hooked", "clone_url": "https://example.invalid/x.git"}),
+        (
+            "c" * 40,
+            {"full_name": "someone/else", "clone_url": "https://github.com/acme/HOOKED.git"},
+        ),
+        ("d" * 40, {"full_name": "someone/else", "html_url": "https://github.com/acme/hooked/"}),
     ):
-        response = signed_post(api, {**base, "repository": repository})
+        # A commit each: the same commit pushed again would be a replay.
+        response = signed_post(api, {**base, "after": sha, "repository": repository})
         assert response.status_code == 202, response.text
         (pipeline_id,) = response.json()["pipeline_ids"]
         assert api.get(f"/pipelines/{pipeline_id}").json()["repository_id"] == registered["id"]
@@ -128,7 +129,7 @@ def test_pushes_that_must_not_run_create_nothing(
     for payload in cases:
         response = signed_post(api, payload)
         assert response.status_code == 202, response.text
-        assert response.json() == {"pipeline_ids": [], "replayed": False}
+        assert response.json() == {"pipeline_ids": [], "duplicate_of": [], "replayed": False}
 
 
 def test_ping_and_other_events(api: httpx.Client, nothing_created):
@@ -137,7 +138,7 @@ def test_ping_and_other_events(api: httpx.Client, nothing_created):
     assert response.json() == {"status": "pong", "zen": "Keep it logically awesome."}
     response = signed_post(api, {"action": "opened"}, event="issues")
     assert response.status_code == 202
-    assert response.json() == {"pipeline_ids": [], "replayed": False}
+    assert response.json() == {"pipeline_ids": [], "duplicate_of": [], "replayed": False}
 
 
 def test_form_encoded_deliveries_are_understood(api: httpx.Client, local_repo: LocalRepo):
@@ -168,13 +169,19 @@ def test_bad_deliveries_are_4xx(api: httpx.Client, gateway: Gateway, nothing_cre
         ([1, 2], "webhook body must be a JSON object"),
         ({"ref": "refs/heads/main"}, "push payload has no repository object"),
         ({"repository": {}, "after": "a" * 40}, "push payload has no ref"),
+        (
+            {"repository": {}, "ref": "refs/heads/main", "after": "HEAD~1"},
+            "push payload's 'after' is not a commit id (40 or 64 hex digits)",
+        ),
     ):
         response = signed_post(api, json.dumps(payload).encode())
         assert response.status_code == 422
         assert response.json()["detail"] == message
     response = signed_post(api, b"x" * (MAX_WEBHOOK_BYTES + 1))
     assert response.status_code == 413
-    assert response.json() == {"detail": f"webhook body exceeds {MAX_WEBHOOK_BYTES} bytes"}
+    assert response.json() == {
+        "detail": f"request body exceeds {MAX_WEBHOOK_BYTES} bytes (MLOPS_MAX_WEBHOOK_BYTES)"
+    }
 
     # Unsigned garbage is refused before anything is read into a pipeline.
     response = httpx.post(
@@ -184,3 +191,121 @@ def test_bad_deliveries_are_4xx(api: httpx.Client, gateway: Gateway, nothing_cre
     response = signed_post(api, {"zen": "x"}, event="")
     assert response.status_code == 422
     assert response.json()["detail"] == "missing X-GitHub-Event header"
+
+
+# --- replays: the delivery id is not signed, so a signed push is known by what it asks for ---
+
+
+def signed_headers(body: bytes, delivery: str) -> dict[str, str]:
+    """A push delivery's headers; an empty `delivery` sends none (the id is optional)."""
+    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-Hub-Signature-256": signature,
+    }
+    if delivery:
+        headers["X-GitHub-Delivery"] = delivery
+    return headers
+
+
+def pipelines_of_commit(api: httpx.Client, repository_id: int, sha: str) -> list[dict]:
+    page = api.get("/pipelines", params={"repository_id": repository_id, "size": 100}).json()
+    assert page["total"] <= 100
+    return [p for p in page["items"] if p["commit_sha"] == sha]
+
+
+def cancel_all(api: httpx.Client, pipeline_ids) -> None:
+    for pipeline_id in pipeline_ids:
+        api.post(f"/pipelines/{pipeline_id}/cancel")
+
+
+def test_a_signed_push_sent_again_under_new_delivery_ids_starts_nothing(
+    api: httpx.Client, gateway: Gateway, local_repo: LocalRepo
+):
+    sha = local_repo.commit({NOTEBOOK: '{"cells": [], "v": "replay"}'})
+    payload = local_repo.push_payload(sha, modified=[NOTEBOOK])
+    body = json.dumps(payload).encode()
+    first = signed_post(api, body)
+    assert first.status_code == 202, first.text
+    (pipeline_id,) = first.json()["pipeline_ids"]
+    repository_id = api.get(f"/pipelines/{pipeline_id}").json()["repository_id"]
+    jobs = queued_job_ids(gateway.redis_url)
+
+    # The captured body under fresh delivery ids; then the same push serialised differently.
+    for again in (body, body, json.dumps(payload, indent=2).encode()):
+        response = signed_post(api, again, delivery=str(uuid.uuid4()))
+        assert response.status_code == 202, response.text
+        assert response.json() == {
+            "pipeline_ids": [],
+            "duplicate_of": [pipeline_id],
+            "replayed": False,
+        }
+    assert [p["id"] for p in pipelines_of_commit(api, repository_id, sha)] == [pipeline_id]
+    assert queued_job_ids(gateway.redis_url) == jobs
+    cancel_all(api, [pipeline_id])
+
+
+async def deliver_at_once(gateway: Gateway, body: bytes, deliveries: list[str]):
+    async with gateway.async_client() as client:
+        return await asyncio.gather(
+            *(
+                client.post("/webhook/github", content=body, headers=signed_headers(body, d))
+                for d in deliveries
+            )
+        )
+
+
+def test_concurrent_deliveries_of_one_push_start_one_pipeline(
+    api: httpx.Client, gateway: Gateway, local_repo: LocalRepo
+):
+    sha = local_repo.commit({NOTEBOOK: '{"cells": [], "v": "concurrent"}'})
+    body = json.dumps(local_repo.push_payload(sha, added=[NOTEBOOK])).encode()
+    shared_id = str(uuid.uuid4())  # GitHub's own redelivery racing the first attempt too
+    # NOTE: deliveries without an id record nothing before they look for the push, so on
+    # SQLite only they race in the open (with one, the id's insert happens to serialise them);
+    # without push_runs' key this test starts several pipelines.
+    deliveries = [shared_id, shared_id] + [str(uuid.uuid4()) for _ in range(4)] + [""] * 6
+    responses = asyncio.run(deliver_at_once(gateway, body, deliveries))
+    assert [r.status_code for r in responses] == [202] * len(deliveries), [
+        r.text for r in responses
+    ]
+    answers = [r.json() for r in responses]
+    named = {i for a in answers for i in a["pipeline_ids"] + a["duplicate_of"]}
+    assert len(named) == 1, answers
+    (pipeline_id,) = named
+    started = [a for a in answers if a["pipeline_ids"] and not a["replayed"]]
+    assert len(started) == 1, answers
+    repository_id = api.get(f"/pipelines/{pipeline_id}").json()["repository_id"]
+    assert [p["id"] for p in pipelines_of_commit(api, repository_id, sha)] == [pipeline_id]
+    cancel_all(api, [pipeline_id])
+
+
+def test_a_manual_trigger_runs_a_pushed_commit_again_and_a_new_commit_runs(
+    api: httpx.Client, local_repo: LocalRepo
+):
+    sha = local_repo.commit({NOTEBOOK: '{"cells": [], "v": "manual"}'})
+    body = json.dumps(local_repo.push_payload(sha, modified=[NOTEBOOK])).encode()
+    (pushed,) = signed_post(api, body).json()["pipeline_ids"]
+    repository_id = api.get(f"/pipelines/{pushed}").json()["repository_id"]
+
+    manual = api.post(f"/repos/{repository_id}/trigger")
+    assert manual.status_code == 202, manual.text
+    assert manual.json()["commit_sha"] == sha and manual.json()["trigger"] == "manual"
+    assert manual.json()["id"] != pushed
+    # The push sent again afterwards is still the push's duplicate, not a third run.
+    assert signed_post(api, body).json() == {
+        "pipeline_ids": [],
+        "duplicate_of": [pushed],
+        "replayed": False,
+    }
+    ids = {p["id"] for p in pipelines_of_commit(api, repository_id, sha)}
+    assert ids == {pushed, manual.json()["id"]}
+
+    newer = local_repo.commit({NOTEBOOK: '{"cells": [], "v": "manual-2"}'})
+    response = signed_post(api, local_repo.push_payload(newer, modified=[NOTEBOOK]))
+    assert response.status_code == 202, response.text
+    (next_run,) = response.json()["pipeline_ids"]
+    assert response.json()["duplicate_of"] == []
+    assert api.get(f"/pipelines/{next_run}").json()["commit_sha"] == newer
+    cancel_all(api, [pushed, manual.json()["id"], next_run])
