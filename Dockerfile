@@ -3,9 +3,10 @@
 FROM python:3.11-slim
 
 # git: the pipeline worker clones repositories. tini: a PID 1 that forwards SIGTERM and reaps
-# the processes notebook kernels leave behind.
+# what it leaves behind. iproute2: `ip` brings up the loopback of the sandbox's own network
+# (util-linux, which makes the sandbox, is part of every Debian image).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git tini \
+    && apt-get install -y --no-install-recommends git tini iproute2 \
     && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/venv \

@@ -12,6 +12,7 @@ import yaml
 from launcher.readiness import HttpReady, RedisReady
 from tests.deploy.manifests import (
     DEFAULTS,
+    REPLICA_SECRET_NAMES,
     SECRET_NAMES,
     SETTING_NAMES,
     healthcheck,
@@ -22,6 +23,8 @@ from tests.deploy.manifests import (
 from tests.support.processes import REPO_ROOT
 
 APP_SERVICES = ("mlflow", "inference", "worker", "gateway")
+ALL_SECRETS = SECRET_NAMES | {"MLOPS_SECRET_KEY"}
+"""Secrets a .env file may hold: every container reads it."""
 
 
 @pytest.fixture(scope="module")
@@ -95,22 +98,46 @@ def test_services_find_each_other_by_service_name(services: dict[str, Any]) -> N
         assert (mlflow.hostname, mlflow.port) == ("mlflow", int(flags["--port"]))
         assert f"mlflow:{flags['--port']}" in flags["--allowed-hosts"].split(",")
     assert flags["--host"] == "0.0.0.0"
-    assert services["mlflow"]["environment"] == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_env = services["mlflow"]["environment"]
+    assert mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert set(mlflow_env) == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION", *ALL_SECRETS}
     assert "--artifacts-destination" in flags and "--default-artifact-root" not in flags
 
 
-def test_environment_names_are_settings_and_secrets_reach_the_gateway_only(
+def test_environment_names_are_settings_and_secrets_reach_only_who_uses_them(
     services: dict[str, Any],
 ) -> None:
-    for name in APP_SERVICES[1:]:
+    gets = {
+        "mlflow": set(),
+        "inference": REPLICA_SECRET_NAMES,
+        "worker": {"MLOPS_SECRET_KEY"},
+        "gateway": ALL_SECRETS,
+    }
+    for name in APP_SERVICES:
         env = services[name]["environment"]
-        assert set(env) <= SETTING_NAMES, name
-        for secret in SECRET_NAMES:
-            # Blank outside the gateway even when the shared .env file sets it.
-            assert (env[secret] != "") == (name == "gateway"), (name, secret)
+        if name != "mlflow":
+            assert set(env) <= SETTING_NAMES, name
+        for secret in ALL_SECRETS:
+            # Every container reads the shared .env file: blank wherever it is not used.
+            if secret in gets[name]:
+                assert env[secret] == f"${{{secret}:-}}" or env[secret].startswith(
+                    f"${{{secret}:?"
+                ), (name, secret)
+            else:
+                assert env[secret] == "", (name, secret)
     assert services["gateway"]["environment"]["GITHUB_WEBHOOK_SECRET"].startswith(
         "${GITHUB_WEBHOOK_SECRET:?"
     )
+    # Unset, both fall back to the key file in the data directory they share (see below).
+    key = {services[name]["environment"]["MLOPS_SECRET_KEY"] for name in ("gateway", "worker")}
+    assert key == {"${MLOPS_SECRET_KEY:-}"}
+
+
+def test_replicas_check_the_gateways_api_key(services: dict[str, Any]) -> None:
+    # Native gRPC clients bypass the gateway: a replica without the key would serve them
+    # unauthenticated. Both read it from .env the same way.
+    gateway, inference = (services[name]["environment"] for name in ("gateway", "inference"))
+    assert inference["MLOPS_API_KEY"] == gateway["MLOPS_API_KEY"] == "${MLOPS_API_KEY:-}"
 
 
 def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:

@@ -10,12 +10,16 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline_worker.sandbox.kubernetes import COMPONENT_LABEL, NETWORK_LABEL
 from tests.deploy.manifests import (
     DEFAULTS,
+    REPLICA_SECRET_NAMES,
+    SANDBOX_SETTINGS,
     SECRET_NAMES,
     SETTING_NAMES,
     inference_args,
     python_module,
+    sandbox_job_manifest,
 )
 from tests.support.processes import REPO_ROOT
 
@@ -50,11 +54,13 @@ def ports(objects: dict, deployment: str) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for p in container(objects, deployment)["ports"]}
 
 
-def test_kustomization_applies_every_manifest_but_the_secret_example(
+def test_kustomization_applies_every_manifest_but_the_examples(
     kustomization: dict[str, Any],
 ) -> None:
     on_disk = {p.name for p in FOLDER.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == on_disk - {"secret.example.yaml"}
+    examples = {p.name for p in FOLDER.glob("*.example.yaml")}
+    assert examples == {"secret.example.yaml", "sandbox-internet.example.yaml"}
+    assert set(kustomization["resources"]) == on_disk - examples
 
 
 def test_deployments_run_the_services_as_non_root(objects: dict) -> None:
@@ -118,10 +124,30 @@ def test_settings_come_from_the_config_map_and_the_secret(objects: dict) -> None
     assert "REDIS_URL" in env_names(objects, "mlops-inference")
     assert env_names(objects, "mlops-gateway") >= SECRET_NAMES
     assert not SECRET_NAMES & env_names(objects, "mlops-worker")
-    assert not SECRET_NAMES & env_names(objects, "mlops-inference")
+    # One key seals repository tokens (gateway) and opens them (worker): a pod's own key
+    # file would be lost with the pod.
+    for name in ("mlops-gateway", "mlops-worker"):
+        assert "MLOPS_SECRET_KEY" in env_names(objects, name), name
+    assert "MLOPS_SECRET_KEY" not in env_names(objects, "mlops-inference")
+    assert SECRET_NAMES & env_names(objects, "mlops-inference") == REPLICA_SECRET_NAMES
     assert secret_keys <= SETTING_NAMES
     url = load(FOLDER / "secret.example.yaml")[0]["stringData"]["DATABASE_URL"]
     assert url.startswith("postgresql+psycopg://")
+
+
+def secret_ref(objects: dict, deployment: str, name: str) -> dict[str, Any]:
+    (entry,) = [e for e in container(objects, deployment)["env"] if e["name"] == name]
+    ref: dict[str, Any] = entry["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+def test_replicas_check_the_gateways_api_key(objects: dict) -> None:
+    # Native gRPC clients bypass the gateway: a replica without the key would serve them
+    # unauthenticated. Both read it from the same Secret entry.
+    for name in REPLICA_SECRET_NAMES:
+        assert secret_ref(objects, "mlops-inference", name) == secret_ref(
+            objects, "mlops-gateway", name
+        )
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -131,4 +157,117 @@ def test_kubectl_kustomize_renders_it() -> None:
     )
     assert rendered.returncode == 0, rendered.stderr
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered.stdout) if doc)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Service", "Service"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "Deployment",
+        "Deployment",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Service",
+        "ServiceAccount",
+        "ServiceAccount",
+    ]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) == {"matchLabels"}, "only matchLabels selectors are checked here"
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def pod_labels(manifest: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = manifest["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_sandbox_pods_get_no_traffic_in_or_out(objects: dict) -> None:
+    policy = objects["NetworkPolicy", "mlops-sandbox-isolation"]["spec"]
+    assert policy["podSelector"] == {"matchLabels": {COMPONENT_LABEL: "sandbox"}}
+    assert selects(policy["podSelector"], pod_labels(sandbox_job_manifest()))
+    assert selects(policy["podSelector"], pod_labels(sandbox_job_manifest(network=True)))
+    # Both directions are governed and no rule allows anything: deny all.
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    assert not policy.get("ingress") and not policy.get("egress")
+    for kind, name in objects:
+        if kind == "Deployment":
+            labels = objects[kind, name]["spec"]["template"]["metadata"]["labels"]
+            assert not selects(policy["podSelector"], labels), name
+
+
+def test_the_internet_example_opens_only_networked_jobs_and_never_the_cluster() -> None:
+    (policy,) = load(FOLDER / "sandbox-internet.example.yaml")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Egress"]
+    assert not selects(spec["podSelector"], pod_labels(sandbox_job_manifest()))
+    assert selects(spec["podSelector"], pod_labels(sandbox_job_manifest(network=True)))
+    assert spec["podSelector"]["matchLabels"][NETWORK_LABEL] == "internet"
+    blocks = [
+        peer["ipBlock"] for rule in spec["egress"] for peer in rule["to"] if "ipBlock" in peer
+    ]
+    assert blocks and all(block["cidr"] == "0.0.0.0/0" for block in blocks)
+    private = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+    assert all(private <= set(block["except"]) for block in blocks)
+    dns = [rule for rule in spec["egress"] if not any("ipBlock" in peer for peer in rule["to"])]
+    assert all({p["port"] for p in rule["ports"]} == {53} for rule in dns)
+
+
+def test_sandbox_pods_run_as_an_account_with_no_role(objects: dict) -> None:
+    account = objects["ServiceAccount", DEFAULTS.sandbox_k8s_service_account]
+    assert account["automountServiceAccountToken"] is False
+    spec = sandbox_job_manifest()["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == account["metadata"]["name"]
+    bound = {
+        subject["name"]
+        for kind, name in objects
+        if kind.endswith("RoleBinding")
+        for subject in objects[kind, name]["subjects"]
+    }
+    assert bound == {"mlops-worker"}
+
+
+def test_only_the_worker_may_run_sandbox_jobs(objects: dict) -> None:
+    worker = objects["Deployment", "mlops-worker"]["spec"]["template"]["spec"]
+    assert worker["serviceAccountName"] == "mlops-worker"
+    assert ("ServiceAccount", "mlops-worker") in objects
+    binding = objects["RoleBinding", "mlops-sandbox-runner"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "mlops-sandbox-runner",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mlops-worker"}]
+    for name in ("mlops-gateway", "mlops-inference"):
+        spec = objects["Deployment", name]["spec"]["template"]["spec"]
+        assert spec.get("serviceAccountName", "default") != "mlops-worker"
+    env = {e["name"]: e.get("value") for e in container(objects, "mlops-worker")["env"]}
+    assert env["MLOPS_SANDBOX"] == "kubernetes"
+
+
+def test_the_worker_and_the_jobs_share_the_work_claim(objects: dict) -> None:
+    claim = objects["PersistentVolumeClaim", DEFAULTS.sandbox_k8s_work_claim]["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"]
+    worker = objects["Deployment", "mlops-worker"]["spec"]["template"]["spec"]
+    volume = next(v["name"] for v in worker["volumes"] if "persistentVolumeClaim" in v)
+    assert [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in worker["volumes"]
+        if "persistentVolumeClaim" in v
+    ] == [DEFAULTS.sandbox_k8s_work_claim]
+    (mount,) = [
+        m for m in container(objects, "mlops-worker")["volumeMounts"] if m["name"] == volume
+    ]
+    data_dir = objects["ConfigMap", "mlops-settings"]["data"]["MLOPS_DATA_DIR"]
+    assert mount["mountPath"] == f"{data_dir}/pipelines"
+    assert "subPath" not in mount
+    # The sample Job is rendered under those same settings: its folder of the same claim.
+    assert str(SANDBOX_SETTINGS.data_dir) == data_dir
+    job = sandbox_job_manifest()["spec"]["template"]["spec"]
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in job["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == [DEFAULTS.sandbox_k8s_work_claim]
