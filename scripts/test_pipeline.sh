@@ -103,6 +103,11 @@ echo "HTTP $code $response"
 [ "$code" = 202 ] || exit 2
 
 pipeline="$(printf '%s' "$response" | sed -nE 's/.*"pipeline_ids":\["([^"]+)".*/\1/p')"
+if [ -z "$pipeline" ]; then
+  # The same push already started a pipeline (a replayed body starts nothing): follow that one.
+  pipeline="$(printf '%s' "$response" | sed -nE 's/.*"duplicate_of":\["([^"]+)".*/\1/p')"
+  [ -z "$pipeline" ] || echo "this push already ran as pipeline $pipeline: following it"
+fi
 [ -n "$pipeline" ] || die "no pipeline started: is $repo registered (GET $gateway/repos) for branch $branch and notebook $notebook?"
 echo "pipeline $pipeline   logs: $gateway/pipelines/$pipeline/logs   live: ws${gateway#http}/ws/pipelines/$pipeline/logs"
 
