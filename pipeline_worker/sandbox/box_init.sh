@@ -16,6 +16,9 @@ shift 6
 [ "$1" = "--" ] && shift
 
 mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev box "$NEWROOT"
+# The private /tmp first: a read-only directory below /tmp (a checkout's venv) stays visible.
+mkdir -p "$NEWROOT/tmp"
+mount -t tmpfs -o "mode=1777,size=$TMP_BYTES,nosuid,nodev" boxtmp "$NEWROOT/tmp"
 
 # Read-only directories, each at its own path so absolute paths (the venv's interpreter, the
 # editable install's finder) resolve inside as outside. Merged-usr symlinks stay symlinks.
@@ -38,10 +41,9 @@ while [ "$1" != "--" ]; do
 done
 shift
 
-mkdir -p "$NEWROOT/pipeline" "$NEWROOT/tmp" "$NEWROOT/proc" "$NEWROOT/dev"
+mkdir -p "$NEWROOT/pipeline" "$NEWROOT/proc" "$NEWROOT/dev"
 mount --bind "$WORKDIR" "$NEWROOT/pipeline"
 mount -o remount,bind,nosuid,nodev "$NEWROOT/pipeline"
-mount -t tmpfs -o "mode=1777,size=$TMP_BYTES,nosuid,nodev" boxtmp "$NEWROOT/tmp"
 mount -t proc -o nosuid,nodev,noexec proc "$NEWROOT/proc"
 
 # A minimal /dev: the harmless character devices, a private /dev/shm (multiprocessing).

@@ -71,10 +71,13 @@ class LocalSandbox:
 
         with tempfile.TemporaryDirectory(prefix="mlops-box-probe-") as work:
             os.chmod(work, 0o777)
+            # NOTE: the platform's Python itself must start inside, from wherever it is
+            # installed (a checkout under /tmp included), not only a shell.
+            python = str(Path(sys.prefix) / "bin" / "python")
             argv = self.argv(
                 Path(work),
-                ["/bin/sh", "-c", "test ! -e /proc/1/environ -o $$ = 1 && echo boxed"],
-                tmp_bytes=1 << 20,
+                [python, "-c", "import pipeline_worker.boxed; print('boxed')"],
+                tmp_bytes=16 << 20,
                 network=False,
                 rlimits="",
             )

@@ -95,7 +95,9 @@ found["data_dir_visible"] = os.path.exists(DATA_DIR)
 found["platform_source_visible"] = os.path.exists(os.path.join(REPO_ROOT, ".git"))
 found["git_dir_in_checkout"] = os.path.exists("../.git") or os.path.exists(".git")
 writable = []
-for folder in ["/", "/etc", "/usr", os.path.dirname(os.__file__), REPO_ROOT, "/root"]:
+import importlib.util, sys
+ours = os.path.dirname(importlib.util.find_spec("pipeline_worker").origin)
+for folder in ["/", "/etc", "/usr", os.path.dirname(os.__file__), sys.prefix, ours, "/root"]:
     try:
         with open(os.path.join(folder, "probe-write"), "w") as f:
             f.write("x")
