@@ -27,6 +27,7 @@ BOX_INIT = Path(__file__).with_name("box_init.sh")
 BOX_UID = 65534
 # System directories the box sees read-only (when they exist); everything else is absent.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+SBIN_DIRS = ("/usr/sbin", "/sbin")
 REQUIRED_TOOLS = ("unshare", "setpriv", "prlimit", "mount", "pivot_root", "ip")
 
 
@@ -64,7 +65,10 @@ class LocalSandbox:
     def _probe(self) -> str | None:
         if not sys.platform.startswith("linux"):
             return f"boxes need Linux namespaces; this is {sys.platform}"
-        missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+        # NOTE: an unprivileged user's PATH often lacks the sbin directories that hold
+        # pivot_root and ip; box_init.sh looks there too.
+        search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+        missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool, path=search) is None]
         if missing:
             return f"{', '.join(missing)} not found (util-linux and iproute2 provide them)"
         import subprocess
