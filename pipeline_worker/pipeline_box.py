@@ -122,6 +122,8 @@ class PipelineBox:
                 if text is not None:
                     await (self._log_output if event.get("phase") == "output" else self._log)(text)
             elif kind in self._milestones and not self._milestones[kind].done():
+                if kind == "executed":
+                    self._tracker.current = None  # later output is the conversion's, no cell's
                 self._milestones[kind].set_result(event)
             elif kind == "error" and failure is None:
                 failure = self._failure(event)

@@ -5,6 +5,7 @@ the artifacts and the host for any trace of the platform's secrets or of escaped
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def files_containing(root: Path, needles: list[bytes]) -> list[str]:
 SNOOP = """
 import glob, json, os, socket
 found = {"uid": os.getuid(), "pid": os.getpid()}
+found["cap_eff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
 found["env"] = dict(os.environ)
 environs = []
 for path in glob.glob("/proc/[0-9]*/environ"):
@@ -135,7 +137,10 @@ async def test_a_notebook_reaches_no_secret_no_platform_file_no_platform_port(
     # What it read of every environment it could see went into its own log: no secret there.
     assert seen["env"]["HOME"] == "/tmp" and seen["proc_environs"]
     assert_no_secret_in(json.dumps(seen), "the notebook's view")
-    assert seen["uid"] != 0
+    # No capability at all; a root worker boxes as nobody, an unprivileged one stays its own
+    # user (uid 0 inside its user namespace maps to it).
+    assert int(seen["cap_eff"], 16) == 0
+    assert seen["uid"] == (65534 if os.geteuid() == 0 else 0)
     # Its own PID namespace: the kernel, papermill and little else, numbered from 1.
     assert min(seen["pids"]) == 1 and len(seen["pids"]) < 20, seen["pids"]
     assert seen["data_dir_visible"] is False
@@ -175,7 +180,8 @@ async def test_a_pickle_that_runs_code_on_load_runs_it_only_in_the_box(
         "import os, joblib\n"
         "class Payload:\n"
         "    def __reduce__(self):\n"
-        f"        return (os.system, ('echo PWNED-INSIDE uid=$(id -u); touch {marker} "
+        "        return (os.system, ('echo PWNED-INSIDE $(grep CapEff /proc/self/status); "
+        f"touch {marker} "
         f"{in_data_dir}',))\n"
         "joblib.dump(Payload(), MODEL_OUTPUT_PATH)"
     )
@@ -184,7 +190,7 @@ async def test_a_pickle_that_runs_code_on_load_runs_it_only_in_the_box(
     )
     log = pipeline.log or ""
     # It ran, in the conversion box (its output is in the log), and touched nothing outside.
-    assert "PWNED-INSIDE uid=" in log and "PWNED-INSIDE uid=0" not in log
+    assert "PWNED-INSIDE CapEff: 0000000000000000" in log
     assert not Path(marker).exists() and not in_data_dir.exists()
     assert pipeline.status == "failed" and pipeline.error_stage == "converting", (
         pipeline.error_stage,
