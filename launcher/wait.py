@@ -2,7 +2,8 @@
 
     python -m launcher.wait --redis-env REDIS_URL --http URL --timeout 120 -- python -m gateway
 
-honcho starts every process at once; this is how Redis and MLflow still come first.
+supervisord starts every program at once (its priorities order the starts, not readiness);
+this is how Redis and MLflow still come first, after a restart of either too.
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 from tests.deploy.proctree import descendants
-from tests.support.processes import REPO_ROOT, ManagedProcess, free_port
+from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, free_port
 
 READY_LINE = "platform ready in"
 
@@ -78,3 +79,13 @@ class Platform:
 
     def port(self, name: str) -> int:
         return int(self.env[name])
+
+    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The command the README documents, against this platform's supervisord."""
+        conf = Path(self.env["MLOPS_DATA_DIR"]) / "supervisord.conf"
+        return subprocess.run(
+            [str(VENV_BIN / "supervisorctl"), "-c", str(conf), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )

@@ -1,4 +1,5 @@
-"""Process trees from /proc: which processes a command started, and whether any is left."""
+"""Process trees from /proc: which processes a command started, which is which (by its
+command line), and whether any is left."""
 
 from __future__ import annotations
 
@@ -42,3 +43,19 @@ def survivors(processes: dict[int, int]) -> list[int]:
         if stat is not None and stat[2] == start and stat[1] != "Z":
             left.append(pid)
     return left
+
+
+def command_line(pid: int) -> list[str]:
+    """A live process's argv; [] once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def find(root: int, *words: str) -> list[int]:
+    """The processes below `root` whose argv holds every one of `words`, in order of PID."""
+    return sorted(
+        pid for pid in descendants(root) if all(word in command_line(pid) for word in words)
+    )

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from supervisor.datatypes import RestartUnconditionally
+from supervisor.options import ServerOptions, UnhosedConfigParser
 
 from launcher.readiness import HttpReady, RedisReady, redact
-from launcher.services import Service, plan, prepare_data_dir, redis_password, webhook_secret
+from launcher.services import (
+    Service,
+    plan,
+    prepare_data_dir,
+    redis_password,
+    webhook_secret,
+    without_secrets,
+)
+from launcher.supervisord_conf import (
+    START_RETRIES,
+    START_SECS,
+    STOP_WAIT_S,
+    CannotSupervise,
+    SupervisorFiles,
+    render,
+)
 from mlops_core.settings import Settings
 from tests.support.processes import REPO_ROOT, free_port
 
@@ -86,7 +103,7 @@ def test_defaults_start_every_service_on_the_documented_ports(tmp_path: Path) ->
             HttpReady("http://127.0.0.1:5000/health"),
         )
     for service in stack.services:
-        assert PASSWORD not in service.command(60, python="py"), service.name
+        assert PASSWORD not in " ".join(service.command(60, python="py")), service.name
 
 
 def test_every_port_moves_and_the_fleet_follows_the_replica_count(tmp_path: Path) -> None:
@@ -148,9 +165,9 @@ def test_secrets_reach_only_the_services_that_use_them(tmp_path: Path) -> None:
 def test_commands_wait_for_redis_and_mlflow_first(tmp_path: Path) -> None:
     stack = plan(settings(tmp_path), python="/v/python", redis_password=PASSWORD)
     svc = by_name(stack.services)
-    assert shlex.split(svc["redis"].command(60, python="/v/python"))[0] == "exec"
-    gateway = shlex.split(svc["gateway"].command(60, python="/v/python"))
-    assert gateway[:6] == ["exec", "/v/python", "-m", "launcher.wait", "--timeout", "60"]
+    assert svc["redis"].command(60, python="/v/python") == svc["redis"].argv
+    gateway = svc["gateway"].command(60, python="/v/python")
+    assert gateway[:5] == ["/v/python", "-m", "launcher.wait", "--timeout", "60"]
     # The URL holds the password: the wrapper takes it from the environment, not argv.
     assert flag(gateway, "--redis-env") == "REDIS_URL"
     assert "--redis" not in gateway
@@ -242,3 +259,113 @@ def test_the_wait_wrapper_gives_up_naming_what_is_missing() -> None:
     done = wait_wrapper("--timeout", "0.5", "--http", url, "--", "true")
     assert done.returncode != 0
     assert f"not ready after 0.5 s: {url}" in done.stderr
+
+
+def test_supervisord_stops_the_gateway_and_worker_first_and_redis_last(tmp_path: Path) -> None:
+    stack = plan(settings(tmp_path, replicas=2))
+    priority = {s.name: s.priority for s in stack.services}
+    # supervisord starts the lowest first and stops the highest first.
+    assert priority["redis"] < priority["mlflow"] < priority["inference.0"] < priority["worker"]
+    assert priority["inference.0"] == priority["inference.1"]
+    assert priority["worker"] < priority["gateway"]
+    assert {s.group for s in stack.services} == {
+        "redis",
+        "mlflow",
+        "inference",
+        "worker",
+        "gateway",
+    }
+
+
+SECRETS = {
+    "GITHUB_WEBHOOK_SECRET": "hook-s3cret",
+    "MLOPS_API_KEY": "api-k3y",
+    "MLOPS_SECRET_KEY": "t0k",
+}
+
+
+def conf_for(tmp_path: Path, secret_values: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The supervisord.conf `make run` writes for the default plan, and what supervisord reads
+    back from it: {program name: its process config}."""
+    stack = plan(settings(tmp_path), python="/v/python", redis_password=PASSWORD)
+    parent = {"PATH": "/usr/bin", "HOME": "/home/you", **secret_values}
+    programs = [s.program(60, parent, secret_values, "/v/python") for s in stack.services]
+    files = SupervisorFiles(tmp_path)
+    files.prepare()  # supervisord checks that the log folder exists
+    text = render(programs, without_secrets(parent), files, "pw", tmp_path)
+    options = ServerOptions()
+    parser = UnhosedConfigParser()
+    parser.expansions = options.environ_expansions
+    parser.read_string(text)
+    groups = options.process_groups_from_parser(parser)
+    return text, {c.name: c for g in groups for c in g.process_configs}
+
+
+def sections(text: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for block in text.split("\n["):
+        name, _, body = block.partition("]\n")
+        found[name.lstrip("[")] = body
+    return found
+
+
+def test_each_supervisord_program_gets_its_own_environment(tmp_path: Path) -> None:
+    text, parsed = conf_for(tmp_path, SECRETS)
+    stack = plan(settings(tmp_path), python="/v/python", redis_password=PASSWORD)
+    parent = {"PATH": "/usr/bin", "HOME": "/home/you", **SECRETS}
+    for service in stack.services:
+        config = parsed[service.name]
+        # What the program sees: supervisord's environment (the parent's, no secrets) plus
+        # its section's.
+        seen = {**without_secrets(parent), **config.environment}
+        assert seen == service.environment(parent, SECRETS, "/v/python"), service.name
+        assert config.command.split()[0] == "/v/python" or service.name == "redis"
+        assert config.priority == service.priority
+        assert config.autorestart is RestartUnconditionally
+        assert (config.startsecs, config.startretries) == (START_SECS, START_RETRIES)
+        assert (config.stopasgroup, config.killasgroup) == (True, True)
+        assert config.stopwaitsecs == STOP_WAIT_S
+        assert config.redirect_stderr
+        assert config.stdout_logfile == str(tmp_path / "logs" / f"{service.name}.log")
+    # A secret is written only in the sections of the programs that get it; the Redis password
+    # only where REDIS_URL is.
+    users = {
+        "hook-s3cret": {"program:gateway"},
+        "api-k3y": {"program:gateway", "program:inference.0", "program:inference.1"},
+        "t0k": {"program:gateway", "program:worker"},
+        PASSWORD: {f"program:{s.name}" for s in stack.services if "REDIS_URL" in s.env},
+    }
+    for value, holders in users.items():
+        assert {name for name, body in sections(text).items() if value in body} == holders
+    assert "program:redis" not in users[PASSWORD]
+    group = sections(text)["group:inference"]
+    assert "programs=inference.0,inference.1\n" in group and "priority=30" in group
+    assert f"serverurl=unix://{tmp_path}/supervisor/supervisord.sock" in text
+    assert "chmod=0600" in sections(text)["unix_http_server"]
+
+
+def test_values_supervisord_would_alter_are_escaped_or_refused_unprinted(tmp_path: Path) -> None:
+    # '%' would be expanded, a quote inside a value is kept by switching the quotes.
+    odd = {**SECRETS, "GITHUB_WEBHOOK_SECRET": "50%(x)s 'q' %%"}
+    _, parsed = conf_for(tmp_path, odd)
+    assert parsed["gateway"].environment["GITHUB_WEBHOOK_SECRET"] == odd["GITHUB_WEBHOOK_SECRET"]
+    for bad in ("both \"quotes\" and 'quotes'", "a #comment", "line\nbreak", '"edge quotes"'):
+        with pytest.raises(CannotSupervise) as caught:
+            conf_for(tmp_path, {**SECRETS, "MLOPS_API_KEY": bad})
+        assert bad not in str(caught.value) and "hook-s3cret" not in str(caught.value)
+        if "\n" not in bad:
+            assert "MLOPS_API_KEY" in str(caught.value) or "inference.0" in str(caught.value)
+
+
+def test_supervisord_files_are_private(tmp_path: Path) -> None:
+    files = SupervisorFiles(tmp_path / "data")
+    files.prepare()
+    files.write("[supervisord]\n")
+    assert files.conf == tmp_path / "data" / "supervisord.conf"
+    assert files.conf.stat().st_mode & 0o777 == 0o600
+    for folder in (files.control_dir, files.logs):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert files.supervisorctl("/v/bin/python") == f"/v/bin/supervisorctl -c {files.conf}"
+    too_long = SupervisorFiles(tmp_path / ("d" * 120))
+    with pytest.raises(CannotSupervise, match="MLOPS_DATA_DIR"):
+        too_long.prepare()
