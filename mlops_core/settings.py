@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     """Longest a whole pipeline may run, all stages together, before it fails."""
     pipeline_max_attempts: int = Field(2, validation_alias=_env("MLOPS_PIPELINE_MAX_ATTEMPTS"))
     """Runs of one pipeline at most: one whose worker died is retried until this is reached."""
+    mlflow_retry_budget_s: float = Field(
+        60.0, gt=0, validation_alias=_env("MLOPS_MLFLOW_RETRY_BUDGET_S")
+    )
+    """How long one pipeline waits in all for an MLflow that does not answer (its calls are
+    retried meanwhile) before it fails at its stage, naming MLflow and its address."""
 
     # --- sandbox for pushed code (the notebook's kernel, model loading and conversion) ---
     sandbox: Literal["local", "kubernetes", "off"] = Field(

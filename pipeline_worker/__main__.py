@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from arq import run_worker
-
 from mlops_core.settings import get_settings
+from pipeline_worker.reconnecting import ReconnectingWorker
 from pipeline_worker.worker import WorkerSettings
 
 
@@ -18,7 +17,7 @@ def main() -> None:
     # NOTE: papermill warns about every injected parameter a notebook does not declare, and
     # SAMPLE_INPUT_PATH is optional by design; its real failures reach us as exceptions.
     logging.getLogger("papermill").setLevel(logging.ERROR)
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    ReconnectingWorker.from_settings(WorkerSettings).run()
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 from mlops_core import pipeline_queue
 from mlops_core.db import PipelineStatus, utcnow
 from pipeline_worker import records, tracking
 from pipeline_worker.cancellation import PipelineCancelled
 from pipeline_worker.deps import WorkerDeps
 from pipeline_worker.joblog import PipelineLog
+from pipeline_worker.mlflow_retry import PatientMlflow
 from pipeline_worker.records import PipelineJob
 from pipeline_worker.scrub import Redactor, secret_values
 
@@ -36,6 +39,8 @@ class RunContext:
         self.timings: dict[str, float] = {}
         self.stage_name = PipelineStatus.QUEUED.value
         self.mlflow_run_id: str | None = None
+        self.mlflow = PatientMlflow(deps.mlflow, deps.settings.mlflow_retry_budget_s).as_client()
+        """Every MLflow call of this pipeline goes through it (see `mlflow_retry`)."""
         self.workdir = deps.workroot / job.id
 
     async def update(self, **fields: object) -> None:
@@ -71,6 +76,7 @@ class RunContext:
             stage=stage or self.stage_name,
             message=message,
             run_id=self.mlflow_run_id,
+            mlflow=self.mlflow,
         )
 
     def local_file(self, *parts: str) -> Path:
@@ -86,8 +92,10 @@ async def finalize(
     stage: str,
     message: str | None,
     run_id: str | None,
+    mlflow: MlflowClient | None = None,
 ) -> None:
-    """Write the terminal state: the MLflow run, the last log line, the row, the end marker."""
+    """Write the terminal state: the MLflow run, the last log line, the row, the end marker.
+    `mlflow`: the pipeline's own client (default: the worker's)."""
     if message:
         message = log.redact(message)
     failed = status is not PipelineStatus.SUCCEEDED
@@ -97,7 +105,9 @@ async def finalize(
             tags = {"mlops.status": status.value}
             if failed:
                 tags.update({"mlops.error_stage": stage, "mlops.error": (message or "")[:4000]})
-            await asyncio.to_thread(tracking.end_run, deps.mlflow, run_id, RUN_STATUS[status], tags)
+            await asyncio.to_thread(
+                tracking.end_run, mlflow or deps.mlflow, run_id, RUN_STATUS[status], tags
+            )
         except Exception:
             logger.warning("could not close MLflow run %s", run_id, exc_info=True)
     if status is PipelineStatus.SUCCEEDED:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
 
 LEASE_TTL_S = 30.0
 # Refreshed well inside the TTL so a busy event loop does not lose it.
@@ -54,7 +58,12 @@ async def lease(redis: Redis, pipeline_id: str, owner: str) -> AsyncIterator[Non
     async def refresh() -> None:
         while True:
             await asyncio.sleep(LEASE_REFRESH_S)
-            await redis.set(key, owner, px=int(LEASE_TTL_S * 1000))
+            # NOTE: Redis away for a moment must not end the refreshing: the lease would then
+            # expire while the pipeline still runs, and recovery would start it a second time.
+            try:
+                await redis.set(key, owner, px=int(LEASE_TTL_S * 1000))
+            except (RedisError, OSError) as exc:
+                logger.warning("lease of pipeline %s not refreshed: %s", pipeline_id, exc)
 
     task = asyncio.create_task(refresh())
     try:
@@ -63,4 +72,6 @@ async def lease(redis: Redis, pipeline_id: str, owner: str) -> AsyncIterator[Non
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await redis.delete(key)
+        # Redis away: the lease expires by itself, and the pipeline's outcome stands.
+        with contextlib.suppress(RedisError, OSError):
+            await redis.delete(key)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlops_core.db import STAGES, Pipeline, Repository, session_scope, utcnow
+from mlops_core.db import STAGES, Pipeline, PipelineStatus, Repository, session_scope, utcnow
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,16 @@ def begin_attempt(sessions: sessionmaker[Session], pipeline_id: str) -> int:
         pipeline.stage_timings = {}
         pipeline.model_version = None
         return pipeline.attempts
+
+
+def requeue_after_clean_stop(sessions: sessionmaker[Session], pipeline_id: str) -> None:
+    """The worker stopped cleanly mid-run: back to `queued`, and the attempt `begin_attempt`
+    counted is given back, since only crashes use attempts up."""
+    with session_scope(sessions) as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        if pipeline is not None:
+            pipeline.status = PipelineStatus.QUEUED.value
+            pipeline.attempts = max((pipeline.attempts or 0) - 1, 0)
 
 
 @dataclass(frozen=True)
