@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from redis.exceptions import RedisError
 
 from gateway.body_limit import BodyLimit, RequestBodyLimit
-from gateway.deps import open_resources, require_api_key
+from gateway.deps import Resources, open_resources, require_api_key
 from gateway.errors import ConfigError, install_error_handlers
 from gateway.routes import models, pipelines, repos, system, webhook, ws
 from mlops_core import gc_tuning
 from mlops_core.settings import Settings, get_settings
+from mlops_core.stranded_pipelines import enqueue_stranded
 from mlops_core.token_vault import InvalidSecretKey, TokenVault
 
 log = logging.getLogger("gateway")
@@ -45,6 +47,18 @@ def check_settings(settings: Settings) -> None:
             raise ConfigError(str(exc)) from None
 
 
+async def requeue_stranded(resources: Resources) -> None:
+    """Queue the pipelines recorded as `queued` whose job Redis does not hold (it was away
+    when they were recorded, or restarted empty); the workers' sweep does the same every 15 s."""
+    try:
+        queued = await enqueue_stranded(resources.arq, resources.sessions)
+    except (RedisError, OSError) as exc:
+        log.warning("stranded pipelines not swept at start: Redis is away (%s)", exc)
+        return
+    if queued:
+        log.warning("queued again pipelines Redis did not hold: %s", ", ".join(queued))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     check_settings(settings)
@@ -55,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_resources(settings) as resources:
             app.state.resources = resources
+            await requeue_stranded(resources)
             gc_tuning.tune_for_serving()
             yield
 

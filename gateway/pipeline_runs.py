@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,45 +18,69 @@ from gateway import git_remote, store
 from gateway.deps import Resources
 from gateway.errors import ServiceUnavailable
 from gateway.github_events import PushEvent
-from gateway.schemas import LogLine, PipelineLogs, PipelineOut
+from gateway.schemas import LogLine, PipelineLogs, PipelineOut, TriggeredPipeline
 from mlops_core import logstream, pipeline_queue
-from mlops_core.db import Pipeline, PipelineStatus, utcnow
+from mlops_core.db import Pipeline, PipelineStatus
 from mlops_core.errors import Conflict
 
 log = logging.getLogger("gateway")
 
 
-async def enqueue(resources: Resources, pipeline_ids: list[str]) -> None:
+QUEUE_AWAY_NOTE = (
+    "the job queue (Redis) is unreachable: the pipeline is recorded as queued and starts "
+    "once the queue is back"
+)
+"""What a push or trigger answers beside its pipelines when they could not be queued yet."""
+
+
+async def enqueue(resources: Resources, pipeline_ids: list[str]) -> str | None:
+    """Queue the pipelines' jobs; None when done, `QUEUE_AWAY_NOTE` when Redis is away.
+
+    NOTE: the rows are already committed as `queued`, and the database is the record of what
+    must run: a job that cannot be queued now is queued by the sweep (`stranded_pipelines`)
+    once Redis is back, so the caller hears 202 and nothing is lost, where a 503 would have
+    left a row behind that a redelivery, deduplicated, could never start again.
+    """
     for pipeline_id in pipeline_ids:
         try:
             await pipeline_queue.enqueue_pipeline(resources.arq, pipeline_id)
         except (RedisError, OSError) as exc:
-            await resources.db(_mark_unqueued, pipeline_id, str(exc))
-            raise ServiceUnavailable(f"could not queue pipeline {pipeline_id}: {exc}") from exc
+            log.warning(
+                "pipelines %s kept as queued, the job queue is unreachable (%s): they are "
+                "queued when it is back",
+                pipeline_ids,
+                exc,
+            )
+            return QUEUE_AWAY_NOTE
+    return None
 
 
-def _mark_unqueued(session: Session, pipeline_id: str, reason: str) -> None:
-    session.execute(
-        update(Pipeline)
-        .where(Pipeline.id == pipeline_id)
-        .values(
-            status=PipelineStatus.FAILED.value,
-            error_stage=PipelineStatus.QUEUED.value,
-            error_message=f"the job queue was unreachable: {reason}",
-            finished_at=utcnow(),
+async def enqueue_waiting(resources: Resources, pipeline_ids: list[str]) -> str | None:
+    """Queue those of the pipelines still `queued` (a redelivered or re-sent push): a job
+    that is waiting, running or has run is refused by its id, so this never runs one twice."""
+    waiting = await resources.db(_still_queued, pipeline_ids)
+    return await enqueue(resources, waiting) if waiting else None
+
+
+def _still_queued(session: Session, pipeline_ids: list[str]) -> list[str]:
+    return list(
+        session.scalars(
+            select(Pipeline.id).where(
+                Pipeline.id.in_(pipeline_ids), Pipeline.status == PipelineStatus.QUEUED.value
+            )
         )
     )
 
 
-async def trigger(resources: Resources, repository_id: int) -> PipelineOut:
+async def trigger(resources: Resources, repository_id: int) -> TriggeredPipeline:
     """Run the pipeline on the head of the registered branch, as a push would."""
     repo = await resources.db(store.get_repository, repository_id)
     sha = await git_remote.branch_head(
         repo.github_url, repo.branch, repo.github_token, resources.vault
     )
     pipeline = await resources.db(_create_manual, repository_id, sha)
-    await enqueue(resources, [pipeline.id])
-    return PipelineOut.of(pipeline)
+    note = await enqueue(resources, [pipeline.id])
+    return TriggeredPipeline.of(pipeline).model_copy(update={"note": note})
 
 
 def _create_manual(session: Session, repository_id: int, sha: str) -> Pipeline:
@@ -68,11 +92,18 @@ def _create_manual(session: Session, repository_id: int, sha: str) -> Pipeline:
 
 async def handle_push(
     resources: Resources, delivery_id: str | None, payload: Any
-) -> store.DeliveryOutcome:
+) -> tuple[store.DeliveryOutcome, str | None]:
+    """Record a push and queue what it started; also the note `enqueue` gives."""
     push = PushEvent.parse(payload)
     outcome = await resources.db(_record_push, delivery_id, push)
+    if outcome.replayed or outcome.duplicate_of:
+        # NOTE: a delivery seen before still nudges its pipelines if they wait for the queue,
+        # so a redelivery after an outage is never a silent no-op.
+        note = await enqueue_waiting(resources, outcome.pipeline_ids + outcome.duplicate_of)
+    else:
+        note = None
     if not outcome.replayed:
-        await enqueue(resources, outcome.pipeline_ids)
+        note = await enqueue(resources, outcome.pipeline_ids) or note
     log.info(
         "push %s to %s@%s %s: pipelines %s%s%s",
         delivery_id,
@@ -85,7 +116,7 @@ async def handle_push(
         if outcome.duplicate_of
         else "",
     )
-    return outcome
+    return outcome, note
 
 
 RECORD_ATTEMPTS = 3
@@ -122,7 +153,13 @@ async def cancel(resources: Resources, pipeline_id: str) -> tuple[PipelineOut, b
     if PipelineStatus(pipeline.status).terminal:
         raise Conflict(f"pipeline {pipeline_id} already ended: {pipeline.status}")
     # The flag goes first so a worker picking the job up right now skips it.
-    await pipeline_queue.request_cancel(resources.redis, pipeline_id)
+    try:
+        await pipeline_queue.request_cancel(resources.redis, pipeline_id)
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable(
+            "the job queue (Redis) is unreachable, so the pipeline's worker cannot be told to "
+            "stop: cancel again once it is back"
+        ) from exc
     if await resources.db(store.cancel_if_queued, pipeline_id):
         await logstream.append_line(resources.redis, pipeline_id, "cancelled before it started")
         await logstream.mark_end(resources.redis, pipeline_id, PipelineStatus.CANCELLED.value)

@@ -31,7 +31,17 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     status: str = Field(examples=["ready"])
     checks: dict[str, str] = Field(
-        examples=[{"redis": "ok", "database": "ok", "mlflow": "ok", "inference": "2 live replicas"}]
+        description="One entry per component; `inference <replica id>` for each live replica",
+        examples=[
+            {
+                "redis": "ok",
+                "database": "ok",
+                "mlflow": "ok",
+                "inference": "ok: 1 live replicas",
+                "inference replica-0": "ok: iris 3 (warm 2)",
+                "workers": "ok: 1 live workers (host-a-4242), sandbox local",
+            }
+        ],
     )
 
 
@@ -116,6 +126,12 @@ class PipelineOut(BaseModel):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     duration_s: float | None = Field(description="From start to end (or to now)")
+    waiting_for: str | None = Field(
+        None,
+        description="Why a queued pipeline is not running yet, when the platform knows: no "
+        "live pipeline worker, or the job queue (Redis) unreachable",
+        examples=[None],
+    )
 
     @classmethod
     def of(cls, p: Pipeline) -> PipelineOut:
@@ -158,6 +174,16 @@ class PipelineOut(BaseModel):
         )
 
 
+QUEUE_NOTE_DESCRIPTION = (
+    "Set when the job queue (Redis) could not be reached: the pipelines are recorded as "
+    "`queued` and start once it is back"
+)
+
+
+class TriggeredPipeline(PipelineOut):
+    note: str | None = Field(None, description=QUEUE_NOTE_DESCRIPTION, examples=[None])
+
+
 class PipelinePage(BaseModel):
     items: list[PipelineOut]
     total: int = Field(examples=[42])
@@ -197,6 +223,7 @@ class WebhookAccepted(BaseModel):
     replayed: bool = Field(
         False, description="The delivery id was seen before: nothing new was created"
     )
+    note: str | None = Field(None, description=QUEUE_NOTE_DESCRIPTION + " (absent otherwise)")
 
 
 class Pong(BaseModel):

@@ -19,14 +19,16 @@ from mlops_core.db import PipelineStatus, make_engine, make_session_factory
 from mlops_core.errors import PipelineError
 from mlops_core.settings import get_settings
 from mlops_core.worker_heartbeat import WorkerBeat
-from pipeline_worker import lease, notebook_mlflow, records, tracking
+from pipeline_worker import lease, mlflow_retry, notebook_mlflow, records, tracking
 from pipeline_worker.box_files import BoxDir, UnsafeFile, harvest, lay_out
 from pipeline_worker.cancellation import PipelineCancelled
 from pipeline_worker.context import RunContext
 from pipeline_worker.deps import WorkerDeps
+from pipeline_worker.mlflow_retry import MlflowUnreachable
 from pipeline_worker.notebook_outputs import cap_outputs
 from pipeline_worker.pipeline_box import PipelineBox, take_model
 from pipeline_worker.recovery import recover_orphans
+from pipeline_worker.requeue import requeue_stranded
 from pipeline_worker.sandbox.runners import sandbox_for
 from pipeline_worker.scrub import box_environment
 from pipeline_worker.stages import deploy, execute, register
@@ -90,7 +92,7 @@ async def run_stages(run: RunContext) -> None:
             }
             run.mlflow_run_id = await asyncio.to_thread(
                 tracking.start_run,
-                deps.mlflow,
+                run.mlflow,
                 config.model_name,
                 f"pipeline-{job.id[:8]}",
                 values,
@@ -143,7 +145,7 @@ async def run_stages(run: RunContext) -> None:
         async with run.stage(S.REGISTERING):
             version = await asyncio.to_thread(
                 register.register,
-                deps.mlflow,
+                run.mlflow,
                 register.RegisterInput(
                     model_name=config.model_name,
                     run_id=run.mlflow_run_id,
@@ -178,7 +180,6 @@ async def keep_notebook_record(run: RunContext, box: BoxDir, notebook_run: str) 
 
 
 async def _keep_notebook_record(run: RunContext, box: BoxDir, notebook_run: str) -> None:
-    deps = run.deps
     assert run.mlflow_run_id is not None
     executed = run.local_file(EXECUTED_COPY)
     try:
@@ -191,12 +192,12 @@ async def _keep_notebook_record(run: RunContext, box: BoxDir, notebook_run: str)
     if kept is not None:
         await asyncio.to_thread(cap_outputs, kept)
         await asyncio.to_thread(
-            tracking.log_artifact, deps.mlflow, run.mlflow_run_id, kept, "notebook"
+            tracking.log_artifact, run.mlflow, run.mlflow_run_id, kept, "notebook"
         )
     record = await asyncio.to_thread(
         notebook_mlflow.read_run, box.host_path("mlruns"), notebook_run
     )
-    await asyncio.to_thread(notebook_mlflow.copy_to, deps.mlflow, run.mlflow_run_id, record)
+    await asyncio.to_thread(notebook_mlflow.copy_to, run.mlflow, run.mlflow_run_id, record)
     logged = len(record.params) + len(record.metrics) + len(record.tags)
     if logged or record.skipped:
         await run.log.write(
@@ -239,6 +240,8 @@ async def run_pipeline(ctx: dict[str, Any], pipeline_id: str) -> str:
                 await run_stages(run)
         except PipelineError as exc:
             await run.finish(S.FAILED, exc.message, stage=str(exc.stage))
+        except MlflowUnreachable as exc:
+            await run.finish(S.FAILED, exc.message)
         except PipelineCancelled:
             await run.finish(S.CANCELLED, "cancelled on request")
         except TimeoutError:
@@ -251,9 +254,18 @@ async def run_pipeline(ctx: dict[str, Any], pipeline_id: str) -> str:
             )
         except asyncio.CancelledError:
             # NOTE: the worker is shutting down: the job goes back to arq's queue and runs
-            # again from the start on the next worker (or is failed once attempts run out).
-            await run.log.write("worker stopping: the pipeline will restart from the beginning")
-            await run.update(status=S.QUEUED.value)
+            # again from the start on the next worker. A clean stop is no failed attempt, so
+            # the row gives it back (first: the database may answer where Redis does not).
+            await asyncio.to_thread(records.requeue_after_clean_stop, deps.sessions, pipeline_id)
+            with contextlib.suppress(Exception):
+                await run.log.write(
+                    "worker stopping: the pipeline will restart from the beginning "
+                    "(this attempt is not counted)"
+                )
+            if run.mlflow_run_id:
+                # One quick try (the worker's own client): a stop never waits out MLflow.
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(deps.mlflow.set_terminated, run.mlflow_run_id, "KILLED")
             raise
         except Exception as exc:
             logger.exception("pipeline %s failed unexpectedly", pipeline_id)
@@ -283,6 +295,7 @@ async def heartbeat(redis: ArqRedis, beat: WorkerBeat) -> None:
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
+    mlflow_retry.fail_fast()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url or "")
     deps = WorkerDeps(
@@ -306,6 +319,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    mlflow_retry.stop_waiting()
     if "heartbeat" in ctx:
         ctx["heartbeat"].cancel()
         with contextlib.suppress(BaseException):
@@ -322,7 +336,11 @@ class WorkerSettings:
 
     functions = [func(run_pipeline, name=pipeline_queue.JOB_NAME)]  # type: ignore[arg-type]
     # Every 15 s: a pipeline whose worker died on another host is retried within TTL + 15 s.
-    cron_jobs = [cron(recover, second={0, 15, 30, 45}, unique=True)]  # type: ignore[arg-type]
+    # Every 15 s too, between those: pipelines queued in the database whose job Redis lacks.
+    cron_jobs = [
+        cron(recover, second={0, 15, 30, 45}, unique=True),  # type: ignore[arg-type]
+        cron(requeue_stranded, second={7, 22, 37, 52}, unique=True),  # type: ignore[arg-type]
+    ]
     queue_name = pipeline_queue.QUEUE_NAME
     redis_settings = pipeline_queue.redis_settings(_settings.redis_url or "redis://localhost:6379")
     on_startup = startup

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, status
 from gateway import pipeline_runs, store
 from gateway.deps import ResourcesDep
 from gateway.repo_urls import parse_repository_url, validate_branch, validate_notebook_path
-from gateway.schemas import PipelineOut, RepositoryCreate, RepositoryOut, error_responses
+from gateway.schemas import RepositoryCreate, RepositoryOut, TriggeredPipeline, error_responses
 
 router = APIRouter(prefix="/repos", tags=["repositories"])
 
@@ -65,13 +65,14 @@ async def delete_repository(repository_id: RepositoryId, resources: ResourcesDep
 @router.post(
     "/{repository_id}/trigger",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=PipelineOut,
+    response_model=TriggeredPipeline,
     responses=error_responses(
         NOT_FOUND,
         (409, "branch 'main' does not exist in https://github.com/acme/iris-training"),
         (502, "cannot read branch 'main' of https://github.com/acme/iris-training: ..."),
     ),
 )
-async def trigger(repository_id: RepositoryId, resources: ResourcesDep) -> PipelineOut:
-    """Run the pipeline on the branch head now, without a push."""
+async def trigger(repository_id: RepositoryId, resources: ResourcesDep) -> TriggeredPipeline:
+    """Run the pipeline on the branch head now, without a push (with Redis away: 202 all the
+    same, the pipeline kept as `queued` until it is back, `note` says so)."""
     return await pipeline_runs.trigger(resources, repository_id)

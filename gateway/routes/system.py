@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -12,11 +13,14 @@ from sqlalchemy import text
 from gateway.deps import Resources, ResourcesDep
 from gateway.schemas import HealthOut, ReadyOut, error_responses
 from mlops_core import fleet_state, worker_heartbeat
+from mlops_core.urls import shown_url
 
 router = APIRouter(tags=["system"])
 
 CHECK_TIMEOUT_S = 3.0
 NO_WORKER = "no live pipeline worker"
+MAX_MODELS_SHOWN = 20
+T = TypeVar("T")
 
 
 @router.get("/health", response_model=HealthOut)
@@ -28,31 +32,34 @@ async def health() -> HealthOut:
 @router.get(
     "/ready",
     response_model=ReadyOut,
-    responses=error_responses((503, "not ready: mlflow, inference")),
+    responses=error_responses((503, "not ready: mlflow, workers")),
 )
 async def ready(resources: ResourcesDep) -> ReadyOut | JSONResponse:
-    """Redis, the database, MLflow and at least one live inference replica answer, and no
-    pipeline worker lacks its sandbox. `workers` names the live workers and their sandbox."""
-    names = ["redis", "database", "mlflow", "inference", "workers"]
-    results = await asyncio.gather(
-        *(
-            _check(c)
-            for c in (
-                _redis(resources),
-                _database(resources),
-                _mlflow(resources),
-                _replicas(resources),
-                _workers(resources),
-            )
-        )
+    """Every component, each named in `checks`: Redis, the database, MLflow, the inference
+    replicas (one entry each, with the versions it serves) and the pipeline workers. 503 names
+    what is down: no live replica, no live worker, or a worker that cannot sandbox."""
+    redis, database, mlflow, replicas, workers = await asyncio.gather(
+        _check(_redis(resources)),
+        _check(_database(resources)),
+        _check(_mlflow(resources)),
+        _check(_replicas(resources)),
+        _check(_workers(resources)),
     )
-    checks = dict(zip(names, results, strict=True))
-    # NOTE: no live worker is reported but does not fail readiness: predictions and the API
-    # work without one, and workers may start after the gateway.
+    checks = {"redis": redis, "database": database, "mlflow": mlflow}
+    if isinstance(replicas, str):
+        checks["inference"] = replicas
+    else:
+        checks["inference"] = (
+            f"ok: {len(replicas)} live replicas" if replicas else "no live inference replica"
+        )
+        checks.update({f"inference {r.replica_id}": _serving(r) for r in replicas})
+    checks["workers"] = workers
+    # NOTE: every check but the per-replica entries (a live replica is up; what it serves is
+    # information, and a rollout in progress must not make the gateway unready).
     missing = [
         name
         for name, result in checks.items()
-        if not result.startswith("ok") and result != NO_WORKER
+        if not result.startswith("ok") and not name.startswith("inference ")
     ]
     if missing:
         return JSONResponse(
@@ -61,7 +68,8 @@ async def ready(resources: ResourcesDep) -> ReadyOut | JSONResponse:
     return ReadyOut(status="ready", checks=checks)
 
 
-async def _check(probe: Awaitable[str]) -> str:
+async def _check(probe: Awaitable[T]) -> T | str:
+    """The probe's answer, or the reason it gave none."""
     try:
         return await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
     except TimeoutError:
@@ -81,12 +89,32 @@ async def _database(resources: Resources) -> str:
 
 
 async def _mlflow(resources: Resources) -> str:
-    return "ok" if await resources.registry.healthy() else "unreachable"
+    if await resources.registry.healthy():
+        return "ok"
+    return f"unreachable at {shown_url(resources.settings.mlflow_tracking_uri)}"
 
 
-async def _replicas(resources: Resources) -> str:
-    replicas = await fleet_state.live_replicas(resources.redis)
-    return f"ok: {len(replicas)} live replicas" if replicas else "no live inference replica"
+async def _replicas(resources: Resources) -> list[fleet_state.ReplicaReport]:
+    return sorted(await fleet_state.live_replicas(resources.redis), key=lambda r: r.replica_id)
+
+
+def _serving(replica: fleet_state.ReplicaReport) -> str:
+    """`ok: iris 2 (warm 1), petal 1`: each model's active version, the others it keeps
+    loaded, and versions it failed to load."""
+    models = sorted(replica.models.items())
+    if not models:
+        return "ok: serves no model"
+    shown = []
+    for name, served in models[:MAX_MODELS_SHOWN]:
+        text = f"{name} {served.active or 'none active'}"
+        warm = [v for v in served.loaded if v != served.active]
+        if warm:
+            text += f" (warm {', '.join(warm)})"
+        if served.failed:
+            text += f" (failed to load {', '.join(sorted(served.failed))})"
+        shown.append(text)
+    more = len(models) - MAX_MODELS_SHOWN
+    return "ok: " + ", ".join(shown) + (f" and {more} more models" if more > 0 else "")
 
 
 async def _workers(resources: Resources) -> str:
@@ -100,4 +128,5 @@ async def _workers(resources: Resources) -> str:
             f"pipelines fail: {unboxed[0].sandbox_problem}"
         )
     sandboxes = sorted({w.sandbox for w in workers})
-    return f"ok: {len(workers)} live workers, sandbox {', '.join(sandboxes)}"
+    ids = sorted(w.worker_id for w in workers)
+    return f"ok: {len(workers)} live workers ({', '.join(ids)}), sandbox {', '.join(sandboxes)}"

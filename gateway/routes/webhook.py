@@ -22,6 +22,8 @@ router = APIRouter(tags=["webhook"])
     "/webhook/github",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WebhookAccepted | Pong,
+    # NOTE: `note` appears only when there is one, so a normal answer keeps its three keys.
+    response_model_exclude_none=True,
     responses={
         200: {"model": Pong, "description": "`ping` event"},
         202: {"model": WebhookAccepted, "description": "`push` (and ignored other events)"},
@@ -81,11 +83,12 @@ async def github_webhook(
     if x_github_event != "push":
         return WebhookAccepted(pipeline_ids=[])
     payload = _payload(body, request.headers.get("content-type", ""))
-    outcome = await pipeline_runs.handle_push(resources, x_github_delivery, payload)
+    outcome, note = await pipeline_runs.handle_push(resources, x_github_delivery, payload)
     return WebhookAccepted(
         pipeline_ids=outcome.pipeline_ids,
         duplicate_of=outcome.duplicate_of,
         replayed=outcome.replayed,
+        note=note,
     )
 
 

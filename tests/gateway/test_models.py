@@ -82,24 +82,43 @@ def tritonclient_predict(address: str, model: str, rows: list[list[float]]) -> d
     return json.loads(out.stdout)
 
 
-def test_ready_when_everything_answers(model_gateway: Gateway):
-    response = httpx.get(f"{model_gateway.url}/ready", timeout=10)
+async def test_ready_names_every_component_and_replica(
+    model_gateway: Gateway, fleet: list[InferenceServer], redis: Redis
+):
+    beat = worker_heartbeat.WorkerBeat("w-ready", "local", None)
+    await worker_heartbeat.beat(redis, beat)
+    try:
+        response = httpx.get(f"{model_gateway.url}/ready", timeout=10)
+    finally:
+        await worker_heartbeat.forget(redis, beat.worker_id)
     assert response.status_code == 200, response.text
+    assert response.json()["status"] == "ready"
     checks = response.json()["checks"]
-    assert set(checks) == {"redis", "database", "mlflow", "inference", "workers"}
+    replicas = [f"inference gw-models-{i}-{s.grpc_port}" for i, s in enumerate(fleet)]
+    assert set(checks) == {"redis", "database", "mlflow", "inference", "workers", *replicas}
     assert checks["inference"] == "ok: 2 live replicas"
-    assert checks["workers"] == "no live pipeline worker"
+    for replica in replicas:
+        assert checks[replica] == "ok: iris 2 (warm 1), petal 1"
+    assert checks["workers"] == "ok: 1 live workers (w-ready), sandbox local"
 
 
-async def test_ready_names_a_worker_that_cannot_sandbox(model_gateway: Gateway):
-    redis = Redis.from_url(model_gateway.redis_url)
+def test_ready_fails_naming_workers_when_none_is_live(model_gateway: Gateway):
+    response = httpx.get(f"{model_gateway.url}/ready", timeout=10)
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["detail"] == "not ready: workers"
+    assert body["checks"]["workers"] == "no live pipeline worker"
+    assert body["checks"]["inference"] == "ok: 2 live replicas"
+
+
+async def test_ready_names_a_worker_that_cannot_sandbox(model_gateway: Gateway, redis: Redis):
     good = worker_heartbeat.WorkerBeat("w-good", "local", None)
     bad = worker_heartbeat.WorkerBeat("w-bad", "local", "unshare, setpriv not found")
     await worker_heartbeat.beat(redis, good)
     try:
         response = httpx.get(f"{model_gateway.url}/ready", timeout=10)
         assert response.status_code == 200, response.text
-        assert response.json()["checks"]["workers"] == "ok: 1 live workers, sandbox local"
+        assert response.json()["checks"]["workers"] == "ok: 1 live workers (w-good), sandbox local"
         await worker_heartbeat.beat(redis, bad)
         response = httpx.get(f"{model_gateway.url}/ready", timeout=10)
         assert response.status_code == 503
@@ -108,7 +127,6 @@ async def test_ready_names_a_worker_that_cannot_sandbox(model_gateway: Gateway):
     finally:
         for beat in (good, bad):
             await worker_heartbeat.forget(redis, beat.worker_id)
-        await redis.aclose()
 
 
 def test_list_models_shows_versions_and_replicas(api: httpx.Client, fleet):

@@ -16,6 +16,7 @@ from tests.gateway.conftest import (
     launch_gateway,
     run_gateway_briefly,
 )
+from tests.support.processes import free_port
 
 
 def test_health_needs_no_key(gateway: Gateway):
@@ -60,16 +61,28 @@ def test_refuses_to_start_without_a_webhook_secret(tmp_path: Path, redis_url: st
 def test_dev_mode_starts_without_a_secret_and_reports_what_is_missing(
     tmp_path: Path, redis_url: str, run_dir: Path
 ):
+    mlflow = f"127.0.0.1:{free_port()}"
     env = gateway_env(
-        tmp_path, new_redis_db(redis_url), GITHUB_WEBHOOK_SECRET="", MLOPS_DEV_MODE="true"
+        tmp_path,
+        new_redis_db(redis_url),
+        GITHUB_WEBHOOK_SECRET="",
+        MLOPS_DEV_MODE="true",
+        MLFLOW_TRACKING_URI=f"http://mlflow-user:mlflow-pass@{mlflow}",
     )
     gw = launch_gateway(run_dir, f"gateway-dev-{time.monotonic_ns()}", env)
     try:
         response = httpx.get(f"{gw.url}/ready", timeout=10)
         assert response.status_code == 503
         body = response.json()
-        assert body["detail"] == "not ready: mlflow, inference"
-        assert body["checks"]["redis"] == "ok" and body["checks"]["database"] == "ok"
+        assert body["detail"] == "not ready: mlflow, inference, workers"
+        assert body["checks"] == {
+            "redis": "ok",
+            "database": "ok",
+            # Named with its address, never with the credentials the address carries.
+            "mlflow": f"unreachable at http://{mlflow}",
+            "inference": "no live inference replica",
+            "workers": "no live pipeline worker",
+        }
         # Dev mode without a secret accepts unsigned deliveries.
         ping = httpx.post(
             f"{gw.url}/webhook/github", headers={"X-GitHub-Event": "ping"}, json={"zen": "hi"}
