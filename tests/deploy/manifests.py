@@ -50,6 +50,14 @@ def inference_args(command: list[str]) -> Namespace:
     return parse_args(DEFAULTS, command[3:])
 
 
+def worker_probe(command: list[str]) -> Namespace:
+    """A worker heartbeat probe command parsed by the probe's own argument parser."""
+    from pipeline_worker.probe import parse_args
+
+    assert python_module(command[:3]) == "pipeline_worker.probe", command
+    return parse_args(command[3:])
+
+
 def healthcheck(test: list[str] | str) -> list[Check]:
     """A container health check run through the wait wrapper's own parser; its checks."""
     argv = test if isinstance(test, list) else ["CMD-SHELL", test]

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from launcher.readiness import HttpReady, RedisReady
+from launcher.readiness import HttpReady
 from tests.deploy.manifests import (
     DEFAULTS,
     REPLICA_SECRET_NAMES,
@@ -19,6 +19,7 @@ from tests.deploy.manifests import (
     inference_args,
     mlflow_flags,
     python_module,
+    worker_probe,
 )
 from tests.support.processes import REPO_ROOT
 
@@ -58,17 +59,25 @@ def test_every_service_has_a_health_check_on_its_own_port(services: dict[str, An
     expected = {
         "mlflow": HttpReady(f"http://127.0.0.1:{mlflow_port}/health"),
         "inference": HttpReady(f"http://127.0.0.1:{inference.http_port}/health"),
-        "worker": RedisReady(services["worker"]["environment"]["REDIS_URL"]),
         "gateway": HttpReady(f"http://127.0.0.1:{gateway_port}/ready"),
     }
     for name, check in expected.items():
         assert healthcheck(services[name]["healthcheck"]["test"]) == [check], name
+    # The worker serves no port: healthy is its heartbeat, strictly (Redis away: unhealthy).
+    test = services["worker"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and not worker_probe(test[1:]).liveness
     assert container_port(services["mlflow"]["ports"]) == {mlflow_port}
     assert container_port(services["gateway"]["ports"]) == {gateway_port}
     assert container_port(services["inference"]["ports"]) == {
         inference.http_port,
         inference.grpc_port,
     }
+
+
+def test_every_service_restarts_unless_stopped_by_hand(services: dict[str, Any]) -> None:
+    # A crashed or killed container comes back by itself; `docker compose stop` still holds.
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", name
 
 
 def test_the_fleet_is_scaled_and_found_by_dns(services: dict[str, Any]) -> None:

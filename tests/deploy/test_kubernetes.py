@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mlops_core import worker_heartbeat
+from pipeline_worker.probe import TIMEOUT_S as PROBE_TIMEOUT_S
 from pipeline_worker.sandbox.kubernetes import COMPONENT_LABEL, NETWORK_LABEL
 from tests.deploy.manifests import (
     DEFAULTS,
@@ -20,6 +22,7 @@ from tests.deploy.manifests import (
     inference_args,
     python_module,
     sandbox_job_manifest,
+    worker_probe,
 )
 from tests.support.processes import REPO_ROOT
 
@@ -99,12 +102,57 @@ def test_the_gateway_is_probed_and_exposed_on_its_port(objects: dict) -> None:
     gateway = container(objects, "mlops-gateway")
     port = int(next(e["value"] for e in gateway["env"] if e["name"] == "MLOPS_GATEWAY_PORT"))
     assert port == DEFAULTS.gateway_port == ports(objects, "mlops-gateway")["http"]
-    assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": port}
+    # Not `/ready`: a dependency that is away (MLflow, Redis) must not pull every gateway out
+    # of the Service, failing predictions that do not need it and refusing pushes.
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/health", "port": port}
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/health", "port": port}
     service = objects["Service", "mlops-gateway"]["spec"]
     template = objects["Deployment", "mlops-gateway"]["spec"]["template"]
     assert service["selector"].items() <= template["metadata"]["labels"].items()
     assert service["ports"][0]["targetPort"] == "http"
+
+
+PROBE_HANDLERS = {"httpGet", "grpc", "exec", "tcpSocket"}
+
+
+def probe_handler(probe: dict[str, Any]) -> str:
+    (handler,) = set(probe) & PROBE_HANDLERS
+    return handler
+
+
+def test_every_deployment_has_liveness_and_readiness_probes(objects: dict) -> None:
+    deployments = [name for kind, name in objects if kind == "Deployment"]
+    assert deployments
+    for name in deployments:
+        spec = container(objects, name)
+        for kind in ("livenessProbe", "readinessProbe"):
+            assert kind in spec, (name, kind)
+            probe = spec[kind]
+            handler = probe_handler(probe)
+            if handler == "exec":
+                worker_probe(probe["exec"]["command"])
+                # A Python process per probe: give it the time to start and ask Redis.
+                assert probe["timeoutSeconds"] >= 2 * PROBE_TIMEOUT_S, (name, kind)
+            elif handler == "httpGet":
+                assert probe["httpGet"]["port"] in ports(objects, name).values(), (name, kind)
+
+
+def test_workers_are_probed_by_their_heartbeat(objects: dict) -> None:
+    worker = container(objects, "mlops-worker")
+    startup, liveness, readiness = (
+        worker[kind]["exec"]["command"]
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe")
+    )
+    # Readiness fails while Redis is away; liveness only when the heartbeat is missing, so a
+    # Redis outage never restarts every worker and ends their running pipelines.
+    assert not worker_probe(readiness).liveness
+    assert worker_probe(liveness).liveness and worker_probe(startup).liveness
+    # One missed beat (a busy event loop) is no reason to restart: the liveness window spans
+    # more than the heartbeat's lifetime.
+    probe = worker["livenessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] > worker_heartbeat.TTL_S * 2
+    start = worker["startupProbe"]
+    assert start["periodSeconds"] * start["failureThreshold"] >= 120
 
 
 def test_settings_come_from_the_config_map_and_the_secret(objects: dict) -> None:
