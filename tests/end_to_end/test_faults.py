@@ -269,7 +269,7 @@ def test_each_process_killed_in_turn(
             assert seen["grpc"] and failures(seen["grpc"]) == []
 
             # --- a worker in the middle of a pipeline ----------------------------------------
-            killed_id = push(api, repo, new_commit(seconds=8))
+            killed_id = push(api, repo, new_commit(seconds=5))
             wait_for_stage(api, killed_id, "executing")
             time.sleep(2)
             os.kill(the_process(stack, "-m pipeline_worker"), signal.SIGKILL)
@@ -341,7 +341,7 @@ def test_each_process_killed_in_turn(
         timings["fault_load_requests"] = len(load.outcomes)
 
         # --- SIGTERM mid-pipeline, twice, restarting each time ---------------------------------
-        interrupted = push(api, repo, new_commit(seconds=6))
+        interrupted = push(api, repo, new_commit(seconds=3))
     for _ in range(2):
         with httpx.Client(base_url=stack.gateway, timeout=30) as api:
             wait_for_stage(api, interrupted, "executing")

@@ -225,4 +225,7 @@ def test_push_serve_rollback_fail_restart(
         statuses = {p["id"]: p["status"] for p in api.get("/pipelines").json()["items"]}
         assert statuses == {first_id: "succeeded", second_id: "succeeded", third_id: "failed"}
     timings["second_stop_s"] = restarted.stop()
+    # Every service connected to Redis with its generated password; none printed it.
+    password = (tmp_path / "data" / "redis_password").read_text().strip()
+    assert password not in stack.output() + restarted.output()
     timings["test_total_s"] = time.monotonic() - began

@@ -85,3 +85,16 @@ def start_worker(platform: Platform, run_dir: Path) -> Iterator[StartWorker]:
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(start_inference, platform: Platform, request, tmp_path_factory):
+    """A real replica in fleet mode on the module's platform, loading versions from MLflow."""
+    name = f"{request.module.__name__.rsplit('.', 1)[-1]}-fleet"
+    return start_inference(
+        tmp_path_factory.mktemp(name),
+        name=name,
+        redis_url=platform.redis_url,
+        extra_args=["--model-source", "mlflow"],
+        env={"MLFLOW_TRACKING_URI": platform.mlflow_uri, "MLOPS_RESYNC_INTERVAL_S": "1"},
+    )

