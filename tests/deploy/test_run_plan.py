@@ -186,6 +186,17 @@ def test_select_by_service_name(tmp_path: Path) -> None:
         stack.select(["frontend"])
 
 
+def test_a_gateway_started_without_a_worker_is_waited_for_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    # Its /ready fails without a live worker: `--only` without one must still become ready.
+    stack = plan(settings(tmp_path))
+    alone = {s.name: s.ready for s in stack.select(["redis", "gateway"])}
+    assert alone["gateway"] == HttpReady(f"{stack.gateway_url}/health")
+    full = {s.name: s.ready for s in stack.select(["gateway", "worker"])}
+    assert full["gateway"] == HttpReady(f"{stack.gateway_url}/ready")
+
+
 def test_the_embedded_redis_gets_a_private_kept_password(tmp_path: Path) -> None:
     password = redis_password(settings(tmp_path))
     assert len(password) == 64
