@@ -256,16 +256,9 @@ async def run_pipeline(ctx: dict[str, Any], pipeline_id: str) -> str:
             # NOTE: the worker is shutting down: the job goes back to arq's queue and runs
             # again from the start on the next worker. A clean stop is no failed attempt, so
             # the row gives it back (first: the database may answer where Redis does not).
-            await asyncio.to_thread(records.requeue_after_clean_stop, deps.sessions, pipeline_id)
-            with contextlib.suppress(Exception):
-                await run.log.write(
-                    "worker stopping: the pipeline will restart from the beginning "
-                    "(this attempt is not counted)"
-                )
-            if run.mlflow_run_id:
-                # One quick try (the worker's own client): a stop never waits out MLflow.
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(deps.mlflow.set_terminated, run.mlflow_run_id, "KILLED")
+            # NOTE: shielded: arq may cancel again while a slow box teardown finishes, and the
+            # bookkeeping of a clean stop must still complete.
+            await asyncio.shield(note_clean_stop(run))
             raise
         except Exception as exc:
             logger.exception("pipeline %s failed unexpectedly", pipeline_id)
@@ -276,6 +269,22 @@ async def run_pipeline(ctx: dict[str, Any], pipeline_id: str) -> str:
             shutil.rmtree(run.workdir, ignore_errors=True)
     final = await asyncio.to_thread(records.load, deps.sessions, pipeline_id)
     return final.status if final else "missing"
+
+
+async def note_clean_stop(run: RunContext) -> None:
+    """The row gives the attempt back (first: the database may answer where Redis does not),
+    the log says so, and the attempt's MLflow run ends KILLED."""
+    deps = run.deps
+    await asyncio.to_thread(records.requeue_after_clean_stop, deps.sessions, run.job.id)
+    with contextlib.suppress(Exception):
+        await run.log.write(
+            "worker stopping: the pipeline will restart from the beginning "
+            "(this attempt is not counted)"
+        )
+    if run.mlflow_run_id:
+        # One quick try (the worker's own client): a stop never waits out MLflow.
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(deps.mlflow.set_terminated, run.mlflow_run_id, "KILLED")
 
 
 async def recover(ctx: dict[str, Any]) -> list[str]:
