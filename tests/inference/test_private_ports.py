@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import sys
 from pathlib import Path
-
-import pytest
 
 from launcher.services import plan
 from mlops_core.settings import Settings
 from tests.support.processes import free_port
-
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/net/tcp")
 
 
 def listening_addresses(port: int) -> set[str]:
