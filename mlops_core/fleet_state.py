@@ -2,8 +2,9 @@
 platform (pipeline deploy stage, gateway rollback) and the inference replicas.
 
 Keys:
-- `mlops:fleet:desired` hash: model name -> JSON `{"active": "3", "warm": ["2", "1"]}`.
-  A model absent from the hash is served by no replica.
+- `mlops:fleet:desired` hash: model name -> JSON `{"active": "3", "warm": ["2", "1"]}`, plus
+  `"candidate": {"version": "4", "weight": 0.1, "mirror_rate": 0.05, "agreement_rtol": 0.01}`
+  while a rollout runs. A model absent from the hash is served by no replica.
 - `mlops:fleet:changed` channel: a model name is published whenever its entry changes.
 - `mlops:fleet:replica:<replica_id>` string with a TTL: JSON `ReplicaReport`.
 
@@ -23,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, StringConstraints, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -43,6 +44,34 @@ Version = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")]
 # the writers below write, or it is skipped.
 _STRICT = ConfigDict(strict=True, extra="forbid")
 
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+    0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+"""Upper bounds of the latency buckets replicas count requests in (one more bucket holds the
+slower ones): fine enough below 10 ms that a p99 read from them compares two versions."""
+
+
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+@dataclass(frozen=True)
+class CandidateRoute:
+    """A version under rollout beside the active one (the champion).
+
+    Requests that name no version go to the candidate with probability `weight` (a caller
+    sending a routing key always lands on the same side for a given weight); a request
+    answered by the champion is also run on the candidate with probability `mirror_rate`, off
+    the response path, and the two answers compared. A shadow rollout is weight 0."""
+
+    __pydantic_config__ = _STRICT
+
+    version: Version
+    weight: Share = 0.0
+    mirror_rate: Share = 0.0
+    agreement_rtol: Annotated[float, Field(ge=0.0)] = 0.01
+    """Two numeric answers agree when within this relative tolerance; labels must be equal."""
+
 
 @dataclass(frozen=True)
 class DesiredModel:
@@ -52,9 +81,35 @@ class DesiredModel:
     """The version every replica should serve by default."""
     warm: list[Version] = field(default_factory=list)
     """Other versions to keep loaded, newest first, so switching to them is instant."""
+    candidate: CandidateRoute | None = None
 
     def versions(self) -> list[str]:
-        return [self.active, *[v for v in self.warm if v != self.active]]
+        """Active first, then the candidate, then the warm ones: what replicas keep loaded."""
+        first = [self.active]
+        if self.candidate is not None and self.candidate.version != self.active:
+            first.append(self.candidate.version)
+        return [*first, *[v for v in self.warm if v not in first]]
+
+
+@dataclass
+class VersionStats:
+    """Counters a replica keeps per loaded version since it started (they only grow, until a
+    restart resets them): what a rollout's analysis reads from the heartbeats."""
+
+    __pydantic_config__ = _STRICT
+
+    requests: int = 0
+    errors: int = 0
+    latency: list[int] = field(default_factory=list)
+    """Requests per bucket of `LATENCY_BUCKETS_S`, with one more for slower ones."""
+    mirrored: int = 0
+    """Requests answered by the champion and also run on this version (never returned)."""
+    mirror_errors: int = 0
+    mirror_latency: list[int] = field(default_factory=list)
+    compared: int = 0
+    """Mirrored requests whose answers were compared with the champion's..."""
+    agreed: int = 0
+    """...and of those, the ones that agreed."""
 
 
 @dataclass
@@ -65,6 +120,9 @@ class ServedModel:
     loaded: list[str]
     failed: dict[str, str] = field(default_factory=dict)
     """Versions that could not be loaded, with the reason."""
+    candidate: CandidateRoute | None = None
+    """The route this replica applies (set once the candidate is loaded)."""
+    stats: dict[str, VersionStats] = field(default_factory=dict)
 
 
 @dataclass
