@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from gateway.body_limit import BodyLimit, RequestBodyLimit
 from gateway.deps import Resources, open_resources, require_api_key
 from gateway.errors import ConfigError, install_error_handlers
-from gateway.routes import models, pipelines, repos, system, webhook, ws
+from gateway.routes import models, pipelines, repos, rollouts, system, webhook, ws
 from mlops_core import gc_tuning
 from mlops_core.settings import Settings, get_settings
 from mlops_core.stranded_pipelines import enqueue_stranded
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(repos.router, dependencies=protected)
     app.include_router(pipelines.router, dependencies=protected)
     app.include_router(models.router, dependencies=protected)
+    app.include_router(rollouts.router, dependencies=protected)
     app.include_router(ws.router)  # checks the key itself: browsers cannot send headers there
     return app
 

@@ -8,12 +8,14 @@ must answer within seconds and say the registry was unreachable.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
+from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.schemas import (
     ModelOut,
@@ -21,9 +23,10 @@ from gateway.schemas import (
     ReplicaServing,
     RollbackOut,
 )
-from mlops_core import fleet_state
+from mlops_core import fleet_state, rollouts
 from mlops_core.errors import ModelNotFound, ModelNotReady
 from mlops_core.fleet_state import DesiredModel, ReplicaReport
+from mlops_core.rollouts import CHALLENGER, CHAMPION, Command
 
 REGISTRY_TIMEOUT_S = 3.0
 _PAGE = 1000
@@ -146,6 +149,7 @@ async def list_models(redis: Redis, registry: Registry) -> tuple[list[ModelOut],
 
 async def rollback(
     redis: Redis,
+    sessions: sessionmaker[Session],
     registry: Registry,
     model: str,
     version: str,
@@ -172,9 +176,20 @@ async def rollback(
             )
     previous = desired.active if desired else None
     warm = [v for v in (desired.versions() if desired else []) if v != version]
+    # NOTE: a running rollout ends too: the candidate leaves with this write, and its driver
+    # is told why (it records the rollout aborted and does not put the candidate back).
+    running = await asyncio.to_thread(rollouts.current, sessions, model)
+    if running is not None:
+        await rollouts.leave_command(
+            redis, model, Command.ABORT, f"rolled back by hand to version {version}"
+        )
     await fleet_state.set_desired(
         redis, model, DesiredModel(active=version, warm=warm[: max(keep_versions - 1, 0)])
     )
+    moves: dict[str, str | None] = {CHAMPION: version}
+    if running is not None:
+        moves[CHALLENGER] = None
+    await rollouts.move_aliases(sessions, redis, model, moves, "rolled back by hand", None)
     if not replicas:
         raise ModelNotReady(
             f"{model!r} version {version!r} is now desired, but no inference replica is live"

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mlops_core.db import Pipeline, PipelineStatus, Repository
+from mlops_core.db import Pipeline, PipelineStatus, Repository, RolloutRow
+from mlops_core.rollouts import RolloutRecord, RolloutState
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -105,6 +106,20 @@ class PipelineErrorOut(BaseModel):
     message: str = Field(examples=["notebook lacks the required tags: mlops:export"])
 
 
+class PipelineRolloutOut(BaseModel):
+    """What became of the pipeline's version when its policy rolls out progressively."""
+
+    id: str
+    state: RolloutState = Field(examples=["rolled_back"])
+    reason: str | None = Field(
+        examples=["error rate 12.0% (12 of 100 requests) above max_error_rate 1.0%"]
+    )
+
+    @classmethod
+    def of(cls, row: RolloutRow) -> PipelineRolloutOut:
+        return cls(id=row.id, state=RolloutState(row.state), reason=row.record.get("reason"))
+
+
 class PipelineOut(BaseModel):
     id: str = Field(examples=["6f1c2a5e-8a39-4d59-9f0e-2b1d2f3c4d5e"])
     repository_id: int | None = Field(examples=[1])
@@ -131,6 +146,11 @@ class PipelineOut(BaseModel):
         description="Why a queued pipeline is not running yet, when the platform knows: no "
         "live pipeline worker, or the job queue (Redis) unreachable",
         examples=[None],
+    )
+    rollout: PipelineRolloutOut | None = Field(
+        None,
+        description="The canary or shadow rollout of its version, if its policy asked for one: "
+        "running, promoted, rolled back or aborted, with the reason",
     )
 
     @classmethod
@@ -305,3 +325,27 @@ def error_responses(*errors: tuple[int, str]) -> dict[int | str, dict[str, Any]]
         }
         for status, detail in errors
     }
+
+
+# --- rollouts ----------------------------------------------------------------------------
+
+
+class RolloutOut(RolloutRecord):
+    live: dict[str, Any] | None = Field(
+        None,
+        description="The current step's figures as of the driver's last tick (a running "
+        "rollout only): each version's requests, errors, error rate and p99, and agreement",
+    )
+
+
+class AliasEventOut(BaseModel):
+    alias: str = Field(examples=["champion"])
+    version: str | None = Field(description="None: the alias was removed", examples=["4"])
+    reason: str = Field(examples=["version 4 promoted: every step passed: ..."])
+    pipeline_id: str | None
+    at: UtcDatetime
+
+
+class ModelHistory(BaseModel):
+    model: str
+    events: list[AliasEventOut] = Field(description="Newest first")

@@ -146,6 +146,48 @@ class PushRun(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RolloutRow(Base):
+    """One rollout of a candidate version against the champion, with every decision made."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    model_name: Mapped[str] = mapped_column(String(255), index=True)
+    pipeline_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    champion: Mapped[str] = mapped_column(String(32))
+    candidate: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The whole record (`mlops_core.rollouts.RolloutRecord`) as JSON."""
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+
+
+class AliasEvent(Base):
+    """A move of an MLflow alias (`champion`, `challenger`) of a model: the history MLflow
+    itself does not keep."""
+
+    __tablename__ = "alias_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(255), index=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """None: the alias was removed."""
+    reason: Mapped[str] = mapped_column(Text)
+    pipeline_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PolicyRow(Base):
+    __tablename__ = "rollout_policies"
+
+    model_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the schema created; SQLite in WAL mode so the gateway and the workers
     can read and write at once."""

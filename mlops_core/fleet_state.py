@@ -16,17 +16,19 @@ skipped, so one bad entry never stops the fleet, a listing or a deploy of anothe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 
 from mlops_core.errors import InvalidInput, RolloutTimeout
 
@@ -219,6 +221,36 @@ async def set_desired(redis: Redis, model: str, desired: DesiredModel) -> None:
     await redis.publish(CHANGED_CHANNEL, model)
 
 
+async def update_desired(
+    redis: Redis, model: str, change: Callable[[DesiredModel | None], DesiredModel | None]
+) -> DesiredModel | None:
+    """Read, change and write one model's entry as one step: a writer that raced in between
+    makes `change` run again on what it wrote. `change` returning None removes the entry."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(DESIRED_KEY)
+                raw = await pipe.hget(DESIRED_KEY, model)
+                current: DesiredModel | None = None
+                if raw is not None:
+                    with contextlib.suppress(ValueError):
+                        current = parse_desired_model(raw)
+                wanted = change(current)
+                pipe.multi()
+                if wanted is None:
+                    pipe.hdel(DESIRED_KEY, model)
+                else:
+                    value = json.dumps(asdict(wanted))
+                    parse_desired_model(value)
+                    pipe.hset(DESIRED_KEY, model, value)
+                await pipe.execute()
+                break
+            except WatchError:
+                continue
+    await redis.publish(CHANGED_CHANNEL, model)
+    return wanted
+
+
 async def remove_desired(redis: Redis, model: str) -> None:
     """Stop serving a model everywhere."""
     await redis.hdel(DESIRED_KEY, model)
@@ -340,6 +372,57 @@ async def wait_for_rollout(
             raise RolloutTimeout(
                 f"model {model!r} version {version!r} not active on every replica after "
                 f"{timeout_s:.0f}s: {detail}"
+            )
+        await asyncio.sleep(poll_s)
+
+
+def route_applied(
+    replicas: list[ReplicaReport], model: str, active: str, route: CandidateRoute | None
+) -> bool:
+    """True when at least one replica is live and every live one serves `active` with `route`
+    (the candidate loaded and routed at that weight), or with no route for None."""
+    return bool(replicas) and all(
+        (served := r.models.get(model)) is not None
+        and served.active == active
+        and served.candidate == route
+        for r in replicas
+    )
+
+
+async def wait_for_route(
+    redis: Redis,
+    model: str,
+    active: str,
+    route: CandidateRoute | None,
+    timeout_s: float,
+    poll_s: float = 0.1,
+) -> list[ReplicaReport]:
+    """Wait until every live replica applies `route` beside `active`; raise RolloutTimeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        replicas = await live_replicas(redis)
+        if route_applied(replicas, model, active, route):
+            return replicas
+        if time.monotonic() >= deadline:
+            seen = {
+                r.replica_id: (
+                    r.models[model].candidate.version
+                    if model in r.models and r.models[model].candidate
+                    else None,
+                    r.models[model].failed.get(route.version, "")
+                    if route and model in r.models
+                    else "",
+                )
+                for r in replicas
+            }
+            detail = (
+                f"replicas report (candidate, load failure) {seen}"
+                if replicas
+                else ("no live inference replica")
+            )
+            raise RolloutTimeout(
+                f"model {model!r}: candidate {route.version if route else None!r} not routed on "
+                f"every replica after {timeout_s:.0f}s: {detail}"
             )
         await asyncio.sleep(poll_s)
 

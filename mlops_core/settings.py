@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     """How long one pipeline waits in all for an MLflow that does not answer (its calls are
     retried meanwhile) before it fails at its stage, naming MLflow and its address."""
 
+    # --- progressive delivery (canary and shadow rollouts) ---
+    rollout_tick_s: float = Field(1.0, gt=0, validation_alias=_env("MLOPS_ROLLOUT_TICK_S"))
+    """How often the worker driving a rollout reads the replicas' figures and judges."""
+    mirror_rate: float = Field(0.1, ge=0, le=1, validation_alias=_env("MLOPS_MIRROR_RATE"))
+    """During a canary: the share of the champion's requests also run on the candidate, off
+    the response path, to measure how often their answers agree."""
+    shadow_rate: float = Field(0.1, ge=0, le=1, validation_alias=_env("MLOPS_SHADOW_RATE"))
+    """During a shadow rollout: the share of requests mirrored to the candidate."""
+    rollout_max_s: float = Field(86_400.0, gt=0, validation_alias=_env("MLOPS_ROLLOUT_MAX_S"))
+    """Longest a rollout may run in all before it is aborted (its policy bounds each step)."""
+
     # --- sandbox for pushed code (the notebook's kernel, model loading and conversion) ---
     sandbox: Literal["local", "kubernetes", "off"] = Field(
         "local", validation_alias=_env("MLOPS_SANDBOX")

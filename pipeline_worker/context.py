@@ -19,6 +19,7 @@ from pipeline_worker.deps import WorkerDeps
 from pipeline_worker.joblog import PipelineLog
 from pipeline_worker.mlflow_retry import PatientMlflow
 from pipeline_worker.records import PipelineJob
+from pipeline_worker.rollout import RolloutRun
 from pipeline_worker.scrub import Redactor, secret_values
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ class RunContext:
 
     async def update(self, **fields: object) -> None:
         await asyncio.to_thread(records.update, self.deps.sessions, self.job.id, **fields)
+
+    def rollout_run(self) -> RolloutRun:
+        deps = self.deps
+        return RolloutRun(deps.redis, deps.sessions, deps.settings, self.log.write, self.cancelled)
 
     async def cancelled(self) -> bool:
         return await pipeline_queue.cancel_requested(self.deps.redis, self.job.id)

@@ -14,12 +14,22 @@ from arq import cron, func
 from arq.connections import ArqRedis
 from mlflow.tracking import MlflowClient
 
-from mlops_core import pipeline_queue, worker_heartbeat
+from mlops_core import fleet_state, pipeline_queue, rollouts, worker_heartbeat
 from mlops_core.db import PipelineStatus, make_engine, make_session_factory
 from mlops_core.errors import PipelineError
+from mlops_core.rollout_policy import RolloutPolicy
+from mlops_core.rollouts import CHAMPION, RolloutRecord
 from mlops_core.settings import get_settings
 from mlops_core.worker_heartbeat import WorkerBeat
-from pipeline_worker import lease, mlflow_retry, notebook_mlflow, records, tracking
+from pipeline_worker import (
+    alias_sync,
+    lease,
+    mlflow_retry,
+    notebook_mlflow,
+    records,
+    rollout,
+    tracking,
+)
 from pipeline_worker.box_files import BoxDir, UnsafeFile, harvest, lay_out
 from pipeline_worker.cancellation import PipelineCancelled
 from pipeline_worker.context import RunContext
@@ -43,7 +53,8 @@ MAX_EXECUTED_NOTEBOOK_BYTES = 256 * 1024 * 1024
 MAX_JOBLIB_BYTES = 2 * 1024 * 1024 * 1024
 
 
-async def run_stages(run: RunContext) -> None:
+async def run_stages(run: RunContext) -> RolloutRecord | None:
+    """The pipeline's stages; returns the rollout it started, if its policy asks for one."""
     deps, job, settings = run.deps, run.job, run.deps.settings
     if not job.github_url or not job.notebook_path:
         raise PipelineError(S.CLONING, "the pipeline's repository is no longer registered")
@@ -158,14 +169,45 @@ async def run_stages(run: RunContext) -> None:
             await run.log.write(f"registered {config.model_name} version {version}")
 
         async with run.stage(S.DEPLOYING):
-            await deploy.deploy(
-                deps.redis,
-                config.model_name,
-                version,
-                timeout_s=settings.deploy_timeout_s,
-                keep_versions=settings.keep_versions,
-                log=run.log.write,
-            )
+            return await deploy_version(run, config.model_name, version, config.rollout)
+    return None
+
+
+async def deploy_version(
+    run: RunContext, model: str, version: str, notebook_policy: RolloutPolicy | None
+) -> RolloutRecord | None:
+    """Deploy at once, or start a canary or shadow rollout (returned, to be driven) when the
+    policy says so and a champion serves to compare with."""
+    deps, settings = run.deps, run.deps.settings
+    policy = notebook_policy or await asyncio.to_thread(rollouts.get_policy, deps.sessions, model)
+    champion = await fleet_state.get_desired_model(deps.redis, model)
+    if policy.progressive and champion is not None and champion.active != version:
+        return await rollout.start(run.rollout_run(), model, version, champion, policy, run.job.id)
+    if policy.progressive:
+        await run.log.write(f"{policy.strategy}: nothing serves {model} yet, so it deploys at once")
+    await rollout.supersede(run.rollout_run(), model, f"superseded by version {version}")
+    await deploy.deploy(
+        deps.redis,
+        model,
+        version,
+        timeout_s=settings.deploy_timeout_s,
+        keep_versions=settings.keep_versions,
+        log=run.log.write,
+    )
+    await rollouts.move_aliases(
+        deps.sessions, deps.redis, model, {CHAMPION: version}, "deployed", run.job.id
+    )
+    return None
+
+
+async def follow_rollout(run: RunContext, record: RolloutRecord) -> None:
+    """Drive the pipeline's rollout to its end; a rollout that did not promote fails the
+    pipeline at its deploy stage, saying why."""
+    run.stage_name = run.log.stage = S.DEPLOYING.value
+    final = await rollout.drive(run.rollout_run(), record)
+    failure = rollout.outcome(final)
+    if failure is not None:
+        raise failure
 
 
 async def keep_notebook_record(run: RunContext, box: BoxDir, notebook_run: str) -> None:
@@ -227,17 +269,26 @@ async def run_pipeline(ctx: dict[str, Any], pipeline_id: str) -> str:
     if PipelineStatus(job.status).terminal:
         return job.status
     run = RunContext(deps, job)
+    deadline: asyncio.Timeout | None = None
     async with lease.lease(deps.redis, pipeline_id, deps.worker_id):
         attempt = await asyncio.to_thread(records.begin_attempt, deps.sessions, pipeline_id)
         await run.log.write(f"attempt {attempt} on worker {deps.worker_id}")
         shutil.rmtree(run.workdir, ignore_errors=True)
         try:
-            if attempt > deps.settings.pipeline_max_attempts:
+            # NOTE: a pipeline whose rollout started resumes driving it, however many attempts
+            # it took: the candidate serves requests and needs its driver.
+            started = await asyncio.to_thread(rollouts.of_pipeline, deps.sessions, pipeline_id)
+            if started is not None:
+                await run.log.write(f"resuming the rollout of version {started.candidate}")
+            elif attempt > deps.settings.pipeline_max_attempts:
                 raise PipelineError(
                     S.QUEUED, f"gave up after {attempt - 1} attempts (MLOPS_PIPELINE_MAX_ATTEMPTS)"
                 )
-            async with asyncio.timeout(deps.settings.pipeline_timeout_s) as deadline:
-                await run_stages(run)
+            else:
+                async with asyncio.timeout(deps.settings.pipeline_timeout_s) as deadline:
+                    started = await run_stages(run)
+            if started is not None:
+                await follow_rollout(run, started)
         except PipelineError as exc:
             await run.finish(S.FAILED, exc.message, stage=str(exc.stage))
         except MlflowUnreachable as exc:
@@ -245,7 +296,7 @@ async def run_pipeline(ctx: dict[str, Any], pipeline_id: str) -> str:
         except PipelineCancelled:
             await run.finish(S.CANCELLED, "cancelled on request")
         except TimeoutError:
-            if not deadline.expired():
+            if deadline is None or not deadline.expired():
                 raise
             await run.finish(
                 S.FAILED,
@@ -324,11 +375,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["heartbeat"] = asyncio.create_task(
         heartbeat(deps.redis, WorkerBeat(deps.worker_id, deps.sandbox.name, reason))
     )
+    ctx["alias_sync"] = asyncio.create_task(alias_sync.run_forever(deps.redis, deps.mlflow))
     logger.info("pipeline worker %s ready (sandbox: %s)", deps.worker_id, deps.sandbox.name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     mlflow_retry.stop_waiting()
+    if "alias_sync" in ctx:
+        ctx["alias_sync"].cancel()
     if "heartbeat" in ctx:
         ctx["heartbeat"].cancel()
         with contextlib.suppress(BaseException):
@@ -356,7 +410,7 @@ class WorkerSettings:
     on_shutdown = shutdown
     max_jobs = _settings.worker_concurrency
     # NOTE: our own timeout (pipeline_timeout_s) ends a pipeline cleanly; arq's is a backstop.
-    job_timeout = _settings.pipeline_timeout_s + 120
+    job_timeout = _settings.pipeline_timeout_s + _settings.rollout_max_s + 120
     # Attempts are counted in the database (pipeline_max_attempts); arq must not refuse first.
     max_tries = 1000
     keep_result = 3600

@@ -85,10 +85,12 @@ async def predict(name: ModelName, request: Request, resources: ResourcesDep) ->
     ),
 )
 async def rollback(name: ModelName, body: RollbackRequest, resources: ResourcesDep) -> RollbackOut:
-    """Make `version` active on every live replica; answers once all of them serve it."""
+    """Make `version` active on every live replica; answers once all of them serve it. A
+    running rollout of the model is aborted, and MLflow's `champion` alias moves to `version`."""
     settings = resources.settings
     return await model_catalog.rollback(
         resources.redis,
+        resources.sessions,
         resources.registry,
         name,
         body.version,

@@ -10,8 +10,14 @@ from redis.exceptions import RedisError
 
 from gateway import pipeline_runs, store
 from gateway.deps import Resources, ResourcesDep
-from gateway.schemas import PipelineLogs, PipelineOut, PipelinePage, error_responses
-from mlops_core import worker_heartbeat
+from gateway.schemas import (
+    PipelineLogs,
+    PipelineOut,
+    PipelinePage,
+    PipelineRolloutOut,
+    error_responses,
+)
+from mlops_core import rollouts, worker_heartbeat
 from mlops_core.db import PipelineStatus
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
@@ -33,7 +39,9 @@ async def list_pipelines(
 ) -> PipelinePage:
     """Pipelines, newest first, optionally of one repository or in one status."""
     items, total = await resources.db(store.list_pipelines, page, size, repository_id, status)
-    shown = await _with_waiting_for(resources, [PipelineOut.of(p) for p in items])
+    shown = await _with_rollouts(
+        resources, await _with_waiting_for(resources, [PipelineOut.of(p) for p in items])
+    )
     return PipelinePage(items=shown, total=total, page=page, size=size)
 
 
@@ -42,7 +50,7 @@ async def get_pipeline(pipeline_id: PipelineId, resources: ResourcesDep) -> Pipe
     """Status, stage, commit, timings, model name and version, error; for a queued pipeline,
     what it waits for when that is known (`waiting_for`)."""
     pipeline = PipelineOut.of(await resources.db(store.get_pipeline, pipeline_id))
-    return (await _with_waiting_for(resources, [pipeline]))[0]
+    return (await _with_rollouts(resources, await _with_waiting_for(resources, [pipeline])))[0]
 
 
 @router.get(
@@ -92,3 +100,25 @@ async def _with_waiting_for(
         p.model_copy(update={"waiting_for": note}) if p.status == PipelineStatus.QUEUED else p
         for p in pipelines
     ]
+
+
+async def _with_rollouts(resources: Resources, pipelines: list[PipelineOut]) -> list[PipelineOut]:
+    """Pipelines whose version rolled out progressively say what became of it."""
+    candidates = [p.id for p in pipelines if p.status in ROLLOUT_STATUSES]
+    if not candidates:
+        return pipelines
+    rows = await asyncio.to_thread(rollouts.of_pipelines, resources.sessions, candidates)
+    return [
+        p.model_copy(update={"rollout": PipelineRolloutOut.of(rows[p.id])}) if p.id in rows else p
+        for p in pipelines
+    ]
+
+
+ROLLOUT_STATUSES = frozenset(
+    {
+        PipelineStatus.DEPLOYING,
+        PipelineStatus.SUCCEEDED,
+        PipelineStatus.FAILED,
+        PipelineStatus.CANCELLED,
+    }
+)

@@ -17,6 +17,7 @@ import nbformat
 
 from mlops_core.db import PipelineStatus
 from mlops_core.errors import PipelineError
+from mlops_core.rollout_policy import PolicyError, RolloutPolicy, parse_policy
 
 STAGE = PipelineStatus.VALIDATING
 CONFIG_TAG = "mlops:config"
@@ -30,6 +31,8 @@ class NotebookConfig:
     model_name: str
     version: str
     """The notebook's own `VERSION` literal (not the registry version)."""
+    rollout: RolloutPolicy | None = None
+    """The notebook's `ROLLOUT = {...}` literal: wins over the model's policy for this run."""
 
 
 def notebook_file(workdir: Path, notebook_path: str) -> Path:
@@ -86,7 +89,17 @@ def validate(path: Path) -> NotebookConfig:
         )
     if not isinstance(version, str | int | float) or isinstance(version, bool):
         raise PipelineError(STAGE, f"VERSION {version!r} must be a string or a number")
-    return NotebookConfig(model_name=model_name, version=str(version))
+    rollout = None
+    if "ROLLOUT" in values:
+        if not isinstance(values["ROLLOUT"], dict):
+            raise PipelineError(
+                STAGE, "ROLLOUT must be a dict literal, e.g. {'strategy': 'canary'}"
+            )
+        try:
+            rollout = parse_policy(values["ROLLOUT"])
+        except PolicyError as exc:
+            raise PipelineError(STAGE, f"ROLLOUT in the {CONFIG_TAG} cell: {exc}") from None
+    return NotebookConfig(model_name=model_name, version=str(version), rollout=rollout)
 
 
 def _literal_assignments(source: str) -> dict[str, Any]:

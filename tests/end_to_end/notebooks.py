@@ -38,3 +38,33 @@ def broken_training() -> str:
         "model.fit(X_train, y_train)",
         "model.fit(X_train, y_train[:10])",
     )
+
+
+def with_rollout(notebook: str, version: str, rollout: dict[str, object]) -> str:
+    """The notebook declaring its own rollout policy in its config cell."""
+    return _edit(
+        notebook,
+        "mlops:config",
+        'VERSION = "1.0.0"',
+        f'VERSION = "{version}"\nROLLOUT = {rollout!r}',
+    )
+
+
+def narrower() -> str:
+    """A model trained on three of the four features: callers sending four get refused."""
+    return _edit(
+        example(),
+        "mlops:data",
+        "X, y = load_iris(return_X_y=True)",
+        "X, y = load_iris(return_X_y=True)\nX = X[:, :3]",
+    )
+
+
+def shifted_labels() -> str:
+    """A model that answers another species than the example for every flower."""
+    return _edit(
+        example(),
+        "mlops:training",
+        "model.fit(X_train, y_train)",
+        "model.fit(X_train, (y_train + 1) % 3)",
+    )
