@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.schemas import (
+    CandidateOut,
     ModelOut,
     ModelVersionOut,
     ReplicaServing,
@@ -130,6 +131,13 @@ def describe_model(
         name=name,
         active_version=desired.active if desired else None,
         warm_versions=[v for v in desired.warm if v != desired.active] if desired else [],
+        candidate=CandidateOut(
+            version=desired.candidate.version,
+            weight=desired.candidate.weight,
+            mirror_rate=desired.candidate.mirror_rate,
+        )
+        if desired and desired.candidate
+        else None,
         versions=sorted(versions.values(), key=lambda v: _version_key(v.version)),
         replicas=[s for r in replicas if (s := _serving(r, name)) is not None],
     )

@@ -271,10 +271,25 @@ class ModelVersionOut(BaseModel):
     created_at: UtcDatetime | None = None
 
 
+class CandidateOut(BaseModel):
+    version: str = Field(examples=["4"])
+    weight: float = Field(
+        description="Share of requests naming no version that it answers (0: shadow)",
+        examples=[0.1],
+    )
+    mirror_rate: float = Field(
+        description="Share of the champion's requests also run on it, never returned",
+        examples=[0.1],
+    )
+
+
 class ModelOut(BaseModel):
     name: str = Field(examples=["iris-classifier"])
     active_version: str | None = Field(description="Desired active version", examples=["3"])
     warm_versions: list[str] = Field(examples=[["2"]])
+    candidate: CandidateOut | None = Field(
+        None, description="The version under rollout beside the active one, if any"
+    )
     versions: list[ModelVersionOut]
     replicas: list[ReplicaServing]
 
