@@ -73,6 +73,25 @@ def test_config_must_assign_literals_and_a_valid_name(tmp_path: Path):
         validate(path)
 
 
+def test_a_notebook_may_declare_its_rollout_and_bad_values_name_the_field(tmp_path: Path):
+    nb = nbformat.reads(contract_notebook(TINY_MODEL), as_version=4)
+    path = tmp_path / "nb.ipynb"
+    nb.cells[
+        1
+    ].source = 'MODEL_NAME = "m"\nVERSION = 1\nROLLOUT = {"strategy": "canary", "steps": [5, 20]}'
+    nbformat.write(nb, path)
+    config = validate(path)
+    assert config.rollout is not None and config.rollout.weights() == [0.05, 0.2]
+    nb.cells[1].source = 'MODEL_NAME = "m"\nVERSION = 1\nROLLOUT = {"max_error_rate": 3}'
+    nbformat.write(nb, path)
+    with pytest.raises(PipelineError, match=r"ROLLOUT in the mlops:config cell: max_error_rate"):
+        validate(path)
+    nb.cells[1].source = 'MODEL_NAME = "m"\nVERSION = 1\nROLLOUT = "canary"'
+    nbformat.write(nb, path)
+    with pytest.raises(PipelineError, match="ROLLOUT must be a dict literal"):
+        validate(path)
+
+
 def test_notebook_path_must_stay_in_the_checkout(tmp_path: Path):
     with pytest.raises(PipelineError, match="leaves the repository"):
         notebook_file(tmp_path, "../outside.ipynb")
