@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from gateway.errors import UpstreamError
+from mlops_core.errors import UpstreamError
 from mlops_core.oip import response_arrays
 from mlops_core.protocol import open_inference_pb2 as pb
 

@@ -17,13 +17,16 @@ import grpc
 import numpy as np
 
 from gateway.coalescer import Answer, RequestCoalescer
-from gateway.errors import UpstreamError, UpstreamTimeout, preview
+from gateway.errors import preview
 from mlops_core.errors import (
+    InternalError,
     InvalidInput,
     MessageTooLarge,
     MlopsError,
     ModelNotFound,
     ModelNotReady,
+    UpstreamError,
+    UpstreamTimeout,
 )
 from mlops_core.oip import infer_request
 from mlops_core.protocol import open_inference_pb2 as pb
@@ -129,7 +132,8 @@ def to_prediction(model: str, answer: Answer) -> Prediction:
 
 
 def map_rpc_error(model: str, error: grpc.aio.AioRpcError) -> MlopsError:
-    """The one place gRPC status codes from the fleet become our errors."""
+    """The one place gRPC status codes from the fleet become our errors: the client side of
+    `inference.grpc_status.abort`, so each code comes back as the class that sent it."""
     code, details = error.code(), error.details() or ""
     if code == grpc.StatusCode.NOT_FOUND:
         return ModelNotFound(f"model {model!r} is not served by the fleet ({details})")
@@ -141,6 +145,9 @@ def map_rpc_error(model: str, error: grpc.aio.AioRpcError) -> MlopsError:
         return ModelNotReady(f"the inference fleet cannot serve {model!r} now: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return UpstreamTimeout(f"the inference fleet did not answer in {PREDICT_TIMEOUT_S:.0f}s")
+    if code == grpc.StatusCode.INTERNAL:
+        # The replica's message says whose fault it is: the model's, or the replica's own.
+        return InternalError(details or f"the inference fleet failed running {model!r}")
     return UpstreamError(f"the inference fleet failed: {code.name}: {details}")
 
 

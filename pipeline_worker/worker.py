@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mlops_core import pipeline_queue, worker_heartbeat
 from mlops_core.db import PipelineStatus, make_engine, make_session_factory
-from mlops_core.errors import PipelineError
+from mlops_core.errors import MlflowUnreachable, PipelineError
 from mlops_core.settings import get_settings
 from mlops_core.worker_heartbeat import WorkerBeat
 from pipeline_worker import lease, mlflow_retry, notebook_mlflow, records, tracking
@@ -24,7 +24,6 @@ from pipeline_worker.box_files import BoxDir, UnsafeFile, harvest, lay_out
 from pipeline_worker.cancellation import PipelineCancelled
 from pipeline_worker.context import RunContext
 from pipeline_worker.deps import WorkerDeps
-from pipeline_worker.mlflow_retry import MlflowUnreachable
 from pipeline_worker.notebook_outputs import cap_outputs
 from pipeline_worker.pipeline_box import PipelineBox, take_model
 from pipeline_worker.recovery import recover_orphans

@@ -13,12 +13,11 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from mlops_core.db import Repository, make_engine, make_session_factory, session_scope
-from mlops_core.errors import PipelineError
+from mlops_core.errors import PipelineError, TokenUnreadable
 from mlops_core.settings import Settings
 from mlops_core.token_vault import (
     KEY_FILE,
     InvalidSecretKey,
-    TokenUnreadable,
     TokenVault,
     read_or_create_key,
 )
