@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inference.batcher import BatchObserver, DynamicBatcher
-from mlops_core.errors import InvalidInput
+from mlops_core.errors import ModelRuntimeError
 
 
 class RecordingModel:
@@ -29,7 +29,7 @@ class RecordingModel:
             self.calls.append(x.shape[0])
             self.threads.append(threading.current_thread().name)
         if np.isnan(x).any():
-            raise ValueError("NaN in input")
+            raise ModelRuntimeError("NaN in input")
         time.sleep(self.delay_s)
         return {"y": x * 2, "row_sum": x.sum(axis=1)}
 
@@ -119,7 +119,7 @@ def test_a_failing_request_fails_alone() -> None:
         ]
     )
     failures = [r for r in results if isinstance(r, Exception)]
-    assert len(failures) == 1 and isinstance(failures[0], InvalidInput)
+    assert len(failures) == 1 and isinstance(failures[0], ModelRuntimeError)
     assert "NaN in input" in failures[0].message
     answers = [r for r in results if not isinstance(r, Exception)]
     for g, r in zip(good, answers, strict=True):
