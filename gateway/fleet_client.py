@@ -28,7 +28,7 @@ from mlops_core.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from mlops_core.oip import infer_request
+from mlops_core.oip import check_finite, infer_request
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol.open_inference_pb2_grpc import GRPCInferenceServiceStub
 from mlops_core.signature import OIP_TO_NUMPY
@@ -102,11 +102,9 @@ def encode_rows(model: str, data: Any, spec: InputSpec) -> np.ndarray:
                     f"row {i} holds {preview(value)}, not a number; model {model!r} takes "
                     f"numbers of shape {shape}"
                 )
-    dtype = OIP_TO_NUMPY[spec.datatype]
     with np.errstate(over="ignore"):
-        array = np.array(data, dtype=dtype)
-    if dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput(f"a value is out of range for {spec.datatype}")
+        array = np.array(data, dtype=OIP_TO_NUMPY[spec.datatype])
+    check_finite(spec.name, spec.datatype, array)
     return array
 
 
