@@ -45,6 +45,7 @@ async def list_models(resources: ResourcesDep) -> ModelList:
             "request body exceeds 4194304 bytes (MLOPS_MAX_PREDICT_BYTES)",
         ),
         (422, "row 0 has 3 values; model 'iris-classifier' takes shape [n, 4]"),
+        (500, "model 'iris-classifier' version '3' failed while running: ..."),
         (503, "the inference fleet cannot serve 'iris-classifier' now: ..."),
     ),
     openapi_extra={
