@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -69,7 +70,7 @@ def start_gateway(run_dir: Path, name: str, data_dir: Path, redis_url: str, host
     )
 
 
-def worker_settings(data_dir: Path, host: GitHost, **values: object) -> Settings:
+def worker_settings(data_dir: Path, host: GitHost, **values: Any) -> Settings:
     return Settings(_env_file=None, data_dir=data_dir, github_base_url=host.url, **values)  # type: ignore[call-arg]
 
 
