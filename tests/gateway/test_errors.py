@@ -5,10 +5,11 @@ infinities are refused as over gRPC, and a rollout to another input width is fol
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import grpc
@@ -19,11 +20,13 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from benchmarks import iris_models
+from gateway.coalescer import Answer, RequestCoalescer
 from gateway.routes.ws import close_code
 from mlops_core import errors, fleet_state
 from mlops_core.errors import MlopsError
 from mlops_core.fleet_state import DesiredModel
 from mlops_core.oip import infer_request
+from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 from tests.conftest import InferenceServer, StartInference, new_redis_db
 from tests.gateway.conftest import (
@@ -132,6 +135,34 @@ def test_a_model_failing_while_running_is_a_500_that_says_so(api: httpx.Client):
     detail = response.json()["detail"]
     assert detail.startswith("model 'broken' version '1' failed while running: "), detail
     assert "Gather" in detail and "Traceback" not in detail
+
+
+async def test_a_model_failing_in_a_shared_call_fails_only_the_request_that_broke_it(
+    replica: InferenceServer,
+):
+    async with grpc.aio.insecure_channel(replica.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        calls: list[int] = []
+
+        def send(rows: np.ndarray) -> Awaitable[pb.ModelInferResponse]:
+            calls.append(len(rows))
+            return stub.ModelInfer(infer_request("broken", {"input": rows}))
+
+        coalescer = RequestCoalescer(send)
+        requests = [np.zeros((1, 4), np.float32)] * 8
+        requests[3] = np.full((1, 4), 5, np.float32)
+        results = await asyncio.gather(
+            *(coalescer.submit(rows) for rows in requests), return_exceptions=True
+        )
+    assert calls[0] == 8, "the eight arrived together and shared the first call"
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [3]
+    bad = results[3]
+    assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INTERNAL
+    for i, result in enumerate(results):
+        if i != 3:
+            assert isinstance(result, Answer)
+            np.testing.assert_array_equal(result.outputs["variable"], np.ones((1, 4)))
 
 
 @pytest.mark.parametrize(
