@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import error_response
+from mlops_core.errors import MessageTooLarge
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class RequestBodyLimit:
         limit = self.by_path.get(scope["path"], self.default)
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit.max_bytes:
-            await error_response(413, limit.message)(scope, receive, send)
+            await error_response(MessageTooLarge.http_status, limit.message)(scope, receive, send)
             return
         received = 0
 
@@ -55,7 +56,7 @@ class RequestBodyLimit:
                 if received > limit.max_bytes:
                     # A Starlette HTTPException passes through FastAPI's body parsing as is
                     # (anything else would become a 400) to the one error handler.
-                    raise HTTPException(413, limit.message)
+                    raise HTTPException(MessageTooLarge.http_status, limit.message)
             return message
 
         await self.app(scope, limited_receive, send)

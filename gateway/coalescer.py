@@ -18,11 +18,15 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from gateway.errors import UpstreamError
+from mlops_core.errors import UpstreamError
 from mlops_core.oip import response_arrays
 from mlops_core.protocol import open_inference_pb2 as pb
 
 Send = Callable[[np.ndarray], Awaitable[pb.ModelInferResponse]]
+
+SPLIT_ON = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL})
+"""Codes a shared call may answer because of one request's values: refused by the replica's
+checks, or the model failed while running on them (ModelRuntimeError)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class RequestCoalescer:
         try:
             response = await self._send(stacked)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            if exc.code() in SPLIT_ON:
                 # One request's values broke the shared call: ask again one by one, so only
                 # the culprit fails.
                 await asyncio.gather(*(self._answer_alone(item) for item in batch))

@@ -1,4 +1,5 @@
-"""The gateway's own errors and the one place every error becomes `{"detail": ...}`."""
+"""The gateway's REST error mapping: the one place every error becomes `{"detail": ...}`
+with the HTTP status its class in `mlops_core.errors` carries."""
 
 from __future__ import annotations
 
@@ -9,40 +10,48 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 
-from mlops_core.errors import MlopsError, PipelineError
+from mlops_core.errors import InternalError, MlopsError, PipelineError, ServiceUnavailable
 
 log = logging.getLogger("gateway")
 
-
-class UpstreamError(MlopsError):
-    """A service the gateway relies on (the git host, the inference fleet) failed."""
-
-    http_status = 502
-
-
-class UpstreamTimeout(MlopsError):
-    http_status = 504
+REDIS_AWAY = "Redis (the job queue and the log stream) is unreachable: retry once it is back"
 
 
 class ConfigError(RuntimeError):
-    """The settings are unsafe or incomplete: the gateway refuses to start."""
+    """The settings are unsafe or incomplete: the gateway refuses to start (never reaches a
+    client, so it is not an MlopsError)."""
+
+
+def client_error(connection: HTTPConnection, exc: BaseException) -> MlopsError:
+    """What a client is told of `exc`: itself when it is one of ours, ServiceUnavailable when
+    Redis is away, else an InternalError (the traceback goes to the gateway's log only).
+    REST and the WebSocket both answer through this."""
+    if isinstance(exc, MlopsError):
+        return exc
+    if isinstance(exc, RedisError):
+        return ServiceUnavailable(REDIS_AWAY)
+    method = connection.scope.get("method", "WebSocket")
+    log.error("unhandled error on %s %s", method, connection.url.path, exc_info=exc)
+    return InternalError("internal error; the gateway log has the details")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(MlopsError, _mlops_error)
+    app.add_exception_handler(MlopsError, _error_answer)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, _error_answer)
 
 
 def error_response(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
-async def _mlops_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, MlopsError)
+async def _error_answer(request: Request, exc: Exception) -> JSONResponse:
+    exc = client_error(request, exc)
     extra = {"stage": exc.stage} if isinstance(exc, PipelineError) else {}
     headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
     response = error_response(exc.http_status, exc.message, **extra)
@@ -117,14 +126,3 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     if exc.headers:
         response.headers.update(exc.headers)
     return response
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal error; the gateway log has the details")
-
-
-class ServiceUnavailable(MlopsError):
-    """A backing service (Redis, the database) is down; the request can be retried."""
-
-    http_status = 503

@@ -17,15 +17,18 @@ import grpc
 import numpy as np
 
 from gateway.coalescer import Answer, RequestCoalescer
-from gateway.errors import UpstreamError, UpstreamTimeout, preview
+from gateway.errors import preview
 from mlops_core.errors import (
+    InternalError,
     InvalidInput,
     MessageTooLarge,
     MlopsError,
     ModelNotFound,
     ModelNotReady,
+    UpstreamError,
+    UpstreamTimeout,
 )
-from mlops_core.oip import infer_request
+from mlops_core.oip import check_finite, infer_request
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol.open_inference_pb2_grpc import GRPCInferenceServiceStub
 from mlops_core.signature import OIP_TO_NUMPY
@@ -99,11 +102,9 @@ def encode_rows(model: str, data: Any, spec: InputSpec) -> np.ndarray:
                     f"row {i} holds {preview(value)}, not a number; model {model!r} takes "
                     f"numbers of shape {shape}"
                 )
-    dtype = OIP_TO_NUMPY[spec.datatype]
     with np.errstate(over="ignore"):
-        array = np.array(data, dtype=dtype)
-    if dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput(f"a value is out of range for {spec.datatype}")
+        array = np.array(data, dtype=OIP_TO_NUMPY[spec.datatype])
+    check_finite(spec.name, spec.datatype, array)
     return array
 
 
@@ -129,7 +130,8 @@ def to_prediction(model: str, answer: Answer) -> Prediction:
 
 
 def map_rpc_error(model: str, error: grpc.aio.AioRpcError) -> MlopsError:
-    """The one place gRPC status codes from the fleet become our errors."""
+    """The one place gRPC status codes from the fleet become our errors: the client side of
+    `inference.grpc_status.abort`, so each code comes back as the class that sent it."""
     code, details = error.code(), error.details() or ""
     if code == grpc.StatusCode.NOT_FOUND:
         return ModelNotFound(f"model {model!r} is not served by the fleet ({details})")
@@ -141,11 +143,23 @@ def map_rpc_error(model: str, error: grpc.aio.AioRpcError) -> MlopsError:
         return ModelNotReady(f"the inference fleet cannot serve {model!r} now: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return UpstreamTimeout(f"the inference fleet did not answer in {PREDICT_TIMEOUT_S:.0f}s")
+    if code == grpc.StatusCode.INTERNAL:
+        # The replica's message says whose fault it is: the model's, or the replica's own.
+        return InternalError(details or f"the inference fleet failed running {model!r}")
     return UpstreamError(f"the inference fleet failed: {code.name}: {details}")
 
 
 class FleetClient:
-    """Predictions through one shared channel, with each model version's input cached."""
+    """Predictions through one shared channel, with each model's input spec cached.
+
+    NOTE: the cached spec (the input of the model's active version when it was read) gives
+    REST its shape-aware messages and the dtype rows are packed as, but the fleet is the
+    authority: a version rolled out since may take another width, dtype or input name. So a
+    refusal made with a cached spec, by the gateway's own check or by the fleet, is final only
+    once the spec has been read again from the fleet; if it changed, the request is tried once
+    more with the new one. A rollout never makes the gateway refuse a correct request, and only
+    refused requests pay for the extra metadata call.
+    """
 
     def __init__(
         self, target: str, max_message_bytes: int, coalesce_in_flight: int = 4, api_key: str = ""
@@ -162,9 +176,7 @@ class FleetClient:
         self._stub = GRPCInferenceServiceStub(self._channel)
         # Replicas with MLOPS_API_KEY set refuse inference and metadata calls without it.
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        self._specs: dict[tuple[str, str], InputSpec] = {}
-        # The version each model answered last: its cached input spec checks the next request.
-        self._last_version: dict[str, str] = {}
+        self._specs: dict[str, InputSpec] = {}
         self._coalesce_in_flight = coalesce_in_flight
         self._coalescers: dict[tuple[str, InputSpec], RequestCoalescer] = {}
 
@@ -172,16 +184,26 @@ class FleetClient:
         await self._channel.close()
 
     async def predict(self, model: str, data: Any) -> Prediction:
-        version = self._last_version.get(model, "")
-        spec = self._specs.get((model, version)) or await self._input_spec(model, version)
+        cached = self._specs.get(model)
+        spec = cached or await self._input_spec(model)
+        try:
+            return await self._predict(model, data, spec)
+        except InvalidInput:
+            if cached is None:  # read from the fleet for this very request
+                raise
+            fresh = await self._input_spec(model)
+            if fresh == spec:
+                raise
+        return await self._predict(model, data, fresh)
+
+    async def _predict(self, model: str, data: Any, spec: InputSpec) -> Prediction:
         array = encode_rows(model, data, spec)
         try:
             answer = await self._coalescer(model, spec).submit(array)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
                 self._forget(model)
             raise map_rpc_error(model, exc) from None
-        self._last_version[model] = answer.version
         return to_prediction(model, answer)
 
     def _coalescer(self, model: str, spec: InputSpec) -> RequestCoalescer:
@@ -201,18 +223,17 @@ class FleetClient:
             self._coalescers[(model, spec)] = coalescer
         return coalescer
 
-    async def _input_spec(self, model: str, version: str) -> InputSpec:
+    async def _input_spec(self, model: str) -> InputSpec:
+        """The input of the model's active version, read from the fleet and cached."""
         try:
             meta = await self._stub.ModelMetadata(
-                pb.ModelMetadataRequest(name=model, version=version),
+                pb.ModelMetadataRequest(name=model),
                 timeout=PREDICT_TIMEOUT_S,
                 metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND and version:
-                # The version seen last is gone (rolled away, unloaded): ask for the active one.
-                self._last_version.pop(model, None)
-                return await self._input_spec(model, "")
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                self._forget(model)
             raise map_rpc_error(model, exc) from None
         if len(meta.inputs) != 1 or len(meta.inputs[0].shape) != 2:
             raise InvalidInput(
@@ -223,12 +244,12 @@ class FleetClient:
         if tensor.datatype not in OIP_TO_NUMPY:
             raise InvalidInput(f"model {model!r} takes {tensor.datatype}, which REST cannot send")
         spec = InputSpec(tensor.name, tensor.datatype, int(tensor.shape[1]))
-        self._specs[(model, version)] = spec
+        if self._specs.get(model) != spec:
+            self._forget(model)
+            self._specs[model] = spec
         return spec
 
     def _forget(self, model: str) -> None:
-        self._last_version.pop(model, None)
-        for key in [k for k in self._specs if k[0] == model]:
-            del self._specs[key]
+        self._specs.pop(model, None)
         for key in [k for k in self._coalescers if k[0] == model]:
             del self._coalescers[key]  # requests it holds still finish on it

@@ -10,8 +10,7 @@ import base64
 import os
 import re
 
-from gateway.errors import UpstreamError
-from mlops_core.errors import Conflict
+from mlops_core.errors import Conflict, UpstreamError
 from mlops_core.token_vault import TokenVault
 
 LS_REMOTE_TIMEOUT_S = 30.0

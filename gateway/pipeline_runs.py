@@ -16,12 +16,11 @@ from sqlalchemy.orm import Session
 
 from gateway import git_remote, store
 from gateway.deps import Resources
-from gateway.errors import ServiceUnavailable
 from gateway.github_events import PushEvent
 from gateway.schemas import LogLine, PipelineLogs, PipelineOut, TriggeredPipeline
 from mlops_core import logstream, pipeline_queue
 from mlops_core.db import Pipeline, PipelineStatus
-from mlops_core.errors import Conflict
+from mlops_core.errors import Conflict, ServiceUnavailable
 
 log = logging.getLogger("gateway")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -154,7 +154,7 @@ class PipelineOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, p: Pipeline) -> PipelineOut:
+    def of(cls, p: Pipeline) -> Self:
         status = PipelineStatus(p.status)
         if status == PipelineStatus.FAILED:
             stage = p.error_stage

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from inference.grpc_status import abort
 from mlops_core.errors import Unauthorized
 from mlops_core.protocol import open_inference_pb2 as pb
 
@@ -40,7 +41,7 @@ OPEN_METHODS = frozenset(
 
 
 def _refuse(request: bytes, context: grpc.ServicerContext) -> None:
-    context.abort(Unauthorized.grpc_code, REFUSAL)
+    abort(context, Unauthorized(REFUSAL))
 
 
 class ApiKeyInterceptor(grpc.ServerInterceptor):

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlops_core.errors import InvalidInput
+from mlops_core.errors import MlopsError
 
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Arrays], Arrays]
+"""One model call; raises an MlopsError when the call fails on its inputs."""
 Outcome = Arrays | Exception
-"""A request's outputs, or why it failed (InvalidInput for its own values)."""
+"""A request's outputs, or why it failed."""
 
 
 @dataclass
@@ -79,7 +80,7 @@ class DynamicBatcher:
     def infer(self, inputs: Arrays, rows: int) -> Arrays:
         """Run `inputs` (all with `rows` rows) as part of a batch; return this request's outputs.
 
-        Raises InvalidInput when the model cannot run on this request's values.
+        Raises the MlopsError `run` raised when the model failed on this request's values.
         """
         me = _Pending(inputs, rows)
         with self._lock:
@@ -164,8 +165,8 @@ class DynamicBatcher:
         sizes = [next(iter(item.values())).shape[0] for item in items]
         stacked = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
         try:
-            outputs = self._run_checked(stacked)
-        except InvalidInput:
+            outputs = self._run(stacked)
+        except MlopsError:
             # NOTE: one request's values broke the shared call; rerun each alone so only the
             # culprit fails and its batch-mates still get their answers.
             return [self._run_one(item) for item in items]
@@ -178,12 +179,6 @@ class DynamicBatcher:
 
     def _run_one(self, inputs: Arrays) -> Outcome:
         try:
-            return self._run_checked(inputs)
-        except InvalidInput as exc:
-            return exc
-
-    def _run_checked(self, inputs: Arrays) -> Arrays:
-        try:
             return self._run(inputs)
-        except Exception as exc:  # onnxruntime rejects values it cannot compute on
-            raise InvalidInput(f"the model could not run on this input: {exc}") from exc
+        except MlopsError as exc:
+            return exc

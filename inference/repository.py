@@ -17,7 +17,13 @@ from inference.batcher import Arrays, BatchObserver, DynamicBatcher
 from inference.metrics import ReplicaMetrics
 from inference.runtime import OnnxModel
 from inference.sources import ModelSource, is_version
-from mlops_core.errors import InvalidInput, MlopsError, ModelLoadError, ModelNotFound, ModelNotReady
+from mlops_core.errors import (
+    MlopsError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ModelRuntimeError,
+)
 from mlops_core.fleet_state import ServedModel
 from mlops_core.signature import ModelSignature
 
@@ -74,7 +80,7 @@ class LoadedVersion:
             queue_time = metrics.queue_time.labels(name, version)
             batch_rows = metrics.batch_rows.labels(name, version)
             self.batcher = DynamicBatcher(
-                model.run,
+                self.run,
                 max_batch_size=max_rows,
                 max_queue_delay_us=delay,
                 observer=BatchObserver(
@@ -94,10 +100,25 @@ class LoadedVersion:
         """Run on the calling thread (a gRPC server thread), batched with concurrent calls."""
         if self.batcher is not None:
             return self.batcher.infer(inputs, rows)
+        return self.run(inputs)
+
+    def run(self, inputs: Arrays) -> Arrays:
+        """One onnxruntime call on inputs `inference.tensors.decode_inputs` validated.
+
+        Raises ModelRuntimeError (a server error) for whatever the session raises.
+        NOTE: onnxruntime's exception types do not tell a caller's mistake from the model's:
+        a wrong width or datatype raises InvalidArgument, but so does a Gather node deep in the
+        graph whose indices fall out of range, and a Reshape that cannot apply raises Fail.
+        Everything it checks about an input (name, datatype, rank, fixed dimensions) and the
+        values (finite numbers) were checked before the call, so what fails now is the model.
+        """
         try:
             return self.model.run(inputs)
-        except Exception as exc:  # onnxruntime rejects values it cannot compute on
-            raise InvalidInput(f"the model could not run on this input: {exc}") from exc
+        except Exception as exc:
+            raise ModelRuntimeError(
+                f"model {self.name!r} version {self.version!r} failed while running: "
+                f"{_first_line(exc)}"
+            ) from exc
 
     def count_failure(self, code: str) -> None:
         self._failures.labels(self.name, self.version, code).inc()
@@ -283,6 +304,13 @@ class ModelRepository:
         if entry is not None:
             self.metrics.loaded.labels(name).set(0)
             log.info("model %s removed", name)
+
+
+def _first_line(exc: Exception, limit: int = 500) -> str:
+    """The first line of an exception's message, bounded: onnxruntime's can run long."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _version_key(version: str) -> int:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from inference import tensors
+from inference.grpc_status import abort, answers_errors, as_mlops_error
 from inference.repository import LoadedVersion, ModelRepository
-from mlops_core.errors import MlopsError
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 
@@ -23,45 +22,33 @@ SERVER_NAME = "mlops-inference"
 SERVER_VERSION = "0.1.0"
 PLATFORM = "onnxruntime_onnx"
 
-Response = TypeVar("Response")
-
-
-def grpc_errors(handler: Callable[..., Response]) -> Callable[..., Response]:
-    """Map our errors to their gRPC status codes, in one place."""
-
-    @wraps(handler)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Response:
-        try:
-            return handler(self, request, context)
-        except MlopsError as exc:
-            context.abort(exc.grpc_code, exc.message)
-            raise  # unreachable: abort raises
-
-    return wrapper
-
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repository: ModelRepository, is_ready: Callable[[], bool]) -> None:
         self.repository = repository
         self._is_ready = is_ready
 
+    @answers_errors
     def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
+    @answers_errors
     def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._is_ready())
 
+    @answers_errors
     def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(
             ready=self.repository.is_ready(request.name, request.version or None)
         )
 
+    @answers_errors
     def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
-    @grpc_errors
+    @answers_errors
     def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
@@ -81,6 +68,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext
     ) -> pb.ModelInferResponse:
+        # NOTE: not wrapped in answers_errors, which would add a call to the hot path; the
+        # except below answers through the same `abort`, and counts the failure first.
         started = time.perf_counter()
         loaded: LoadedVersion | None = None
         try:
@@ -91,10 +80,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             names = tensors.requested_output_names(request, signature.outputs)
             outputs = loaded.infer(inputs, rows)
             response = tensors.encode_response(request, loaded.name, loaded.version, outputs, names)
-        except MlopsError as exc:
+        except Exception as exc:
+            error = as_mlops_error(exc, "ModelInfer")
             if loaded is not None:
-                loaded.count_failure(exc.grpc_code.name)
-            context.abort(exc.grpc_code, exc.message)
-            raise
+                loaded.count_failure(error.grpc_code.name)
+            abort(context, error)
         loaded.latency.observe(time.perf_counter() - started)
         return response

@@ -5,12 +5,13 @@ Plain functions over protobuf messages, so they are unit-testable without a serv
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from mlops_core.errors import InvalidInput
-from mlops_core.oip import CONTENTS_FIELD
+from mlops_core.oip import CONTENTS_FIELD, check_finite
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.signature import NUMPY_TO_OIP, TensorSpec
 
@@ -25,7 +26,11 @@ def decode_inputs(
 ) -> tuple[dict[str, np.ndarray], int]:
     """The request's input tensors as arrays keyed by name, and the batch's row count.
 
-    Raises InvalidInput naming the input and the expected datatype and shape.
+    Raises InvalidInput naming the input and the expected datatype and shape. Everything
+    onnxruntime would refuse about an input (name, datatype, rank, fixed dimensions) is
+    checked here, so whatever the session raises afterwards is the model's fault
+    (`inference.repository.LoadedVersion.infer`). NaN and infinities are refused, as over REST
+    (`mlops_core.oip.check_finite`).
     """
     by_name = {s.name: s for s in specs}
     raw = request.raw_input_contents
@@ -39,16 +44,20 @@ def decode_inputs(
         if spec is None:
             expected = ", ".join(f"{s.name!r}: {describe(s)}" for s in specs)
             raise InvalidInput(f"unknown input {tensor.name!r}; the model expects {expected}")
-        shape = tuple(int(d) for d in tensor.shape)
+        shape = tuple(tensor.shape)
         _check_shape(tensor.name, tensor.datatype, shape, spec)
         dtype = spec.numpy_dtype
-        count = int(np.prod(shape)) if shape else 1
+        # NOTE: Python ints, not np.prod: numpy's int64 product wraps, and [2**62, 4] would
+        # hold 0 values, matching an empty payload. The payload's length (bounded by the
+        # message size limit) bounds every shape that passes.
+        count = math.prod(shape)
         if raw:
             data = raw[index]
             if len(data) != count * dtype.itemsize:
                 raise InvalidInput(
                     f"input {tensor.name!r}: {len(data)} bytes of raw content for shape "
-                    f"{list(shape)} of {spec.datatype}; expected {count * dtype.itemsize} bytes"
+                    f"{list(shape)} of {spec.datatype}; expected {count * dtype.itemsize} bytes "
+                    f"(the model expects {describe(spec)})"
                 )
             array = np.frombuffer(data, dtype=dtype).reshape(shape)
         else:
@@ -56,9 +65,10 @@ def decode_inputs(
             if len(values) != count:
                 raise InvalidInput(
                     f"input {tensor.name!r}: {len(values)} values in contents for shape "
-                    f"{list(shape)}; expected {count}"
+                    f"{list(shape)}; expected {count} (the model expects {describe(spec)})"
                 )
             array = np.asarray(values, dtype=dtype).reshape(shape)
+        check_finite(tensor.name, spec.datatype, array)
         arrays[tensor.name] = array
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
@@ -80,10 +90,10 @@ def _check_shape(name: str, datatype: str, shape: tuple[int, ...], spec: TensorS
         raise InvalidInput(
             f"input {name!r} has shape {list(shape)}; the model expects {describe(spec)}"
         )
-    if shape[0] < 1:
+    if shape and shape[0] == 0:
         raise InvalidInput(f"input {name!r} is an empty batch; send at least one row")
-    for got, want in zip(shape[1:], spec.shape[1:], strict=True):
-        if want >= 0 and got != want:
+    for got, want in zip(shape, spec.shape, strict=True):
+        if got < 0 or (want >= 0 and got != want):
             raise InvalidInput(
                 f"input {name!r} has shape {list(shape)}; the model expects {describe(spec)}"
             )

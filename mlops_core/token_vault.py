@@ -11,10 +11,9 @@ import os
 import secrets
 from pathlib import Path
 
-import grpc
 from cryptography.fernet import Fernet, InvalidToken
 
-from mlops_core.errors import MlopsError
+from mlops_core.errors import TokenUnreadable
 from mlops_core.settings import Settings
 
 KEY_FILE = "secret.key"
@@ -25,13 +24,6 @@ version: still usable, and sealed in place when the gateway starts."""
 
 class InvalidSecretKey(ValueError):
     """The configured key is not a Fernet key: the service refuses to start."""
-
-
-class TokenUnreadable(MlopsError):
-    """A stored token cannot be opened with the current key (the key changed or was lost)."""
-
-    http_status = 409
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 def is_sealed(stored: str) -> bool:

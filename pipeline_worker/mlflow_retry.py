@@ -17,11 +17,10 @@ import threading
 import time
 from typing import Any, cast
 
-import grpc
 import requests
 from mlflow.tracking import MlflowClient
 
-from mlops_core.errors import MlopsError
+from mlops_core.errors import MlflowUnreachable
 from mlops_core.urls import shown_url
 
 logger = logging.getLogger(__name__)
@@ -38,13 +37,6 @@ NO_ANSWER = (
 )
 # Set when the worker stops, so a retry loop in a thread ends instead of holding the exit.
 _stopping = threading.Event()
-
-
-class MlflowUnreachable(MlopsError):
-    """MLflow did not answer within the pipeline's retry budget."""
-
-    http_status = 503
-    grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
 def fail_fast() -> None:

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mlops_core import fleet_state, pipeline_queue, rollouts, worker_heartbeat
 from mlops_core.db import PipelineStatus, make_engine, make_session_factory
-from mlops_core.errors import PipelineError
+from mlops_core.errors import MlflowUnreachable, PipelineError
 from mlops_core.rollout_policy import RolloutPolicy
 from mlops_core.rollouts import CHAMPION, RolloutRecord
 from mlops_core.settings import get_settings
@@ -34,7 +34,6 @@ from pipeline_worker.box_files import BoxDir, UnsafeFile, harvest, lay_out
 from pipeline_worker.cancellation import PipelineCancelled
 from pipeline_worker.context import RunContext
 from pipeline_worker.deps import WorkerDeps
-from pipeline_worker.mlflow_retry import MlflowUnreachable
 from pipeline_worker.notebook_outputs import cap_outputs
 from pipeline_worker.pipeline_box import PipelineBox, take_model
 from pipeline_worker.recovery import recover_orphans

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from benchmarks import iris_models
+from tests.support import onnx_models
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, port_open
 
 
@@ -107,6 +108,17 @@ def iris_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     iris_models.write_version(root, "iris", "1", iris_models.train("lr"))
     iris_models.write_version(root, "iris", "2", iris_models.train("rf"))
     iris_models.write_version(root, "petal", "1", iris_models.train("linreg"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def error_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository for error tests: `broken` 1 (FP32 [N, 4]; fails at run time on any
+    value of 1 or more) and `shifting`, whose version 1 takes 4 features and version 2 takes 3."""
+    root = tmp_path_factory.mktemp("error-repo")
+    onnx_models.write_model(root, "broken", "1", onnx_models.gather_out_of_range())
+    iris_models.write_version(root, "shifting", "1", iris_models.train("lr"))
+    iris_models.write_version(root, "shifting", "2", iris_models.train("linreg"))
     return root
 
 

@@ -45,6 +45,7 @@ async def list_models(resources: ResourcesDep) -> ModelList:
             "request body exceeds 4194304 bytes (MLOPS_MAX_PREDICT_BYTES)",
         ),
         (422, "row 0 has 3 values; model 'iris-classifier' takes shape [n, 4]"),
+        (500, "model 'iris-classifier' version '3' failed while running: ..."),
         (503, "the inference fleet cannot serve 'iris-classifier' now: ..."),
     ),
     openapi_extra={
@@ -63,7 +64,7 @@ async def predict(name: ModelName, request: Request, resources: ResourcesDep) ->
     try:
         payload = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}") from None
+        raise InvalidInput(f"body is not valid JSON: {exc}{_non_finite_hint(exc)}") from None
     if not isinstance(payload, dict) or "data" not in payload:
         raise InvalidInput('body must be a JSON object like {"data": [[5.1, 3.5, 1.4, 0.2]]}')
     result = await resources.fleet.predict(name, payload["data"])
@@ -73,6 +74,14 @@ async def predict(name: ModelName, request: Request, resources: ResourcesDep) ->
     return Response(
         orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
     )
+
+
+def _non_finite_hint(error: orjson.JSONDecodeError) -> str:
+    """Python's json writes NaN and Infinity, which JSON lacks: say so rather than only
+    "unexpected character". (gRPC refuses them too: `mlops_core.oip.check_finite`.)"""
+    if error.doc[error.pos :].lstrip("-").startswith(("NaN", "Infinity")):
+        return "; JSON has no NaN or Infinity, and the model takes finite numbers only"
+    return ""
 
 
 @router.post(

@@ -10,15 +10,30 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from gateway import store
 from gateway.deps import bearer_token, check_api_key, get_resources
+from gateway.errors import client_error
 from gateway.log_follow import follow
 from mlops_core.db import PipelineStatus
-from mlops_core.errors import MlopsError, NotFound
+from mlops_core.errors import MlopsError
 
 router = APIRouter(tags=["pipelines"])
 
-# Close codes in the application range (4000-4999) mirror the HTTP statuses.
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_NOT_FOUND = 4404
+CLOSE_CODE_BASE = 4000
+MAX_REASON_BYTES = 123
+"""A close frame's reason is at most 123 bytes of UTF-8."""
+
+
+def close_code(error: MlopsError) -> int:
+    """The WebSocket close code for an error: 4000 + the HTTP status REST answers for it, in
+    the range (4000-4999) the protocol leaves to applications. So 4401 missing or wrong API key,
+    4404 no such pipeline, 4503 Redis (the log stream) away, 4500 a fault of the gateway's;
+    1000 stays the normal close once the pipeline ended."""
+    return CLOSE_CODE_BASE + error.http_status
+
+
+async def close_with(websocket: WebSocket, exc: BaseException) -> None:
+    error = client_error(websocket, exc)
+    reason = error.message.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+    await websocket.close(code=close_code(error), reason=reason)
 
 
 @router.websocket("/ws/pipelines/{pipeline_id}/logs")
@@ -30,9 +45,8 @@ async def pipeline_logs(websocket: WebSocket, pipeline_id: str) -> None:
     try:
         check_api_key(resources.settings, bearer_token(websocket.headers.get("authorization")))
         await resources.db(store.get_pipeline, pipeline_id)
-    except MlopsError as exc:
-        code = CLOSE_NOT_FOUND if isinstance(exc, NotFound) else CLOSE_UNAUTHORIZED
-        await websocket.close(code=code, reason=exc.message[:120])
+    except Exception as exc:
+        await close_with(websocket, exc)
         return
 
     async def terminal_status() -> tuple[str | None, str | None]:
@@ -58,6 +72,11 @@ async def pipeline_logs(websocket: WebSocket, pipeline_id: str) -> None:
             task.cancel()
         await asyncio.gather(sender, listener, return_exceptions=True)
     if sender in done:
+        failure = sender.exception()
+        if isinstance(failure, WebSocketDisconnect):
+            return
         with contextlib.suppress(WebSocketDisconnect):
-            sender.result()
-            await websocket.close(code=1000)
+            if failure is None:
+                await websocket.close(code=1000)
+            else:  # Redis away while following: 4503
+                await close_with(websocket, failure)

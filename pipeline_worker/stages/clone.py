@@ -17,9 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mlops_core.db import PipelineStatus
-from mlops_core.errors import PipelineError
+from mlops_core.errors import PipelineError, TokenUnreadable
 from mlops_core.settings import Settings
-from mlops_core.token_vault import InvalidSecretKey, TokenUnreadable, TokenVault, is_sealed
+from mlops_core.token_vault import InvalidSecretKey, TokenVault, is_sealed
 from pipeline_worker.scrub import Redactor
 
 STAGE = PipelineStatus.CLONING

@@ -4,6 +4,7 @@ the caller hears 202 and why it has not started, and nothing is lost once Redis 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from mlops_core.db import Pipeline, session_scope
 from mlops_core.stranded_pipelines import STRANDED_AFTER_S
 from tests.gateway.conftest import (
+    API_KEY,
     Gateway,
     LocalRepo,
     gateway_env,
@@ -69,6 +72,32 @@ def row(gateway: Gateway, pipeline_id: str) -> Pipeline:
         assert pipeline is not None
         session.expunge(pipeline)
         return pipeline
+
+
+async def test_a_log_watcher_is_closed_with_4503_while_redis_is_away(
+    gateway: Gateway, queue: RestartableRedis, repo: tuple[LocalRepo, int]
+):
+    _, repository_id = repo
+    async with gateway.async_client() as client:
+        triggered = await client.post(f"/repos/{repository_id}/trigger")
+        assert triggered.status_code == 202, triggered.text
+        pipeline_id = triggered.json()["id"]
+        queue.stop()
+        try:
+            async with websockets.connect(
+                f"{gateway.ws_url}/ws/pipelines/{pipeline_id}/logs",
+                additional_headers={"Authorization": f"Bearer {API_KEY}"},
+            ) as ws:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.recv()
+            # 4000 + 503, the status REST answers when Redis is away.
+            assert ws.close_code == 4503
+            assert ws.close_reason is not None and "Redis" in ws.close_reason
+        finally:
+            queue.start()
+            # Cancelled, so the next test's count of stranded pipelines is its own.
+            cancelled = await client.post(f"/pipelines/{pipeline_id}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
 
 
 def test_push_and_trigger_during_an_outage_are_kept_and_queued_when_redis_is_back(

@@ -7,18 +7,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from mlops_core.db import Repository, make_engine, make_session_factory, session_scope
-from mlops_core.errors import PipelineError
+from mlops_core.errors import PipelineError, TokenUnreadable
 from mlops_core.settings import Settings
 from mlops_core.token_vault import (
     KEY_FILE,
     InvalidSecretKey,
-    TokenUnreadable,
     TokenVault,
     read_or_create_key,
 )
@@ -70,7 +70,7 @@ def start_gateway(run_dir: Path, name: str, data_dir: Path, redis_url: str, host
     )
 
 
-def worker_settings(data_dir: Path, host: GitHost, **values: object) -> Settings:
+def worker_settings(data_dir: Path, host: GitHost, **values: Any) -> Settings:
     return Settings(_env_file=None, data_dir=data_dir, github_base_url=host.url, **values)  # type: ignore[call-arg]
 
 

@@ -6,12 +6,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pytest
 
 from inference.batcher import BatchObserver, DynamicBatcher
-from mlops_core.errors import InvalidInput
+from mlops_core.errors import ModelRuntimeError
 
 
 class RecordingModel:
@@ -29,7 +30,7 @@ class RecordingModel:
             self.calls.append(x.shape[0])
             self.threads.append(threading.current_thread().name)
         if np.isnan(x).any():
-            raise ValueError("NaN in input")
+            raise ModelRuntimeError("NaN in input")
         time.sleep(self.delay_s)
         return {"y": x * 2, "row_sum": x.sum(axis=1)}
 
@@ -77,7 +78,7 @@ def test_concurrent_requests_each_get_their_own_answer() -> None:
         model, max_batch_size=16, observer=BatchObserver(on_batch=batch_rows.append)
     )
     requests = [np.full((1 + i % 3, 3), i, np.float32) for i in range(48)]
-    results = run_concurrently([lambda r=r: batcher.infer({"x": r}, r.shape[0]) for r in requests])
+    results = run_concurrently([partial(batcher.infer, {"x": r}, r.shape[0]) for r in requests])
     for request, result in zip(requests, results, strict=True):
         assert isinstance(result, dict), result
         np.testing.assert_array_equal(result["y"], request * 2)
@@ -119,7 +120,7 @@ def test_a_failing_request_fails_alone() -> None:
         ]
     )
     failures = [r for r in results if isinstance(r, Exception)]
-    assert len(failures) == 1 and isinstance(failures[0], InvalidInput)
+    assert len(failures) == 1 and isinstance(failures[0], ModelRuntimeError)
     assert "NaN in input" in failures[0].message
     answers = [r for r in results if not isinstance(r, Exception)]
     for g, r in zip(good, answers, strict=True):
@@ -134,7 +135,7 @@ def test_queue_delay_gathers_a_fuller_batch() -> None:
         time.sleep(i * 0.001)
         return batcher.infer({"x": np.ones((1, 3), np.float32)}, 1)
 
-    results = run_concurrently([lambda i=i: staggered(i) for i in range(12)])
+    results = run_concurrently([partial(staggered, i) for i in range(12)])
     assert all(isinstance(r, dict) for r in results)
     # Arrivals over 11 ms, within the 30 ms delay of the oldest: few calls, not twelve.
     assert sum(model.calls) == 12
@@ -165,7 +166,7 @@ def test_an_unexpected_error_reaches_every_waiter() -> None:
     batcher = DynamicBatcher(model, max_batch_size=64)
     widths = [3, 3, 4, 3, 3, 3, 3, 3]
     results = run_concurrently(
-        [lambda w=w: batcher.infer({"x": np.ones((1, w), np.float32)}, 1) for w in widths]
+        [partial(batcher.infer, {"x": np.ones((1, w), np.float32)}, 1) for w in widths]
     )
     assert len(results) == 8
     assert any(isinstance(r, ValueError) for r in results), "the stacking error came back"
@@ -183,5 +184,5 @@ def test_many_rounds_never_lose_a_request(threads: int) -> None:
             np.testing.assert_array_equal(batcher.infer({"x": x}, 1)["y"], x * 2)
         return k
 
-    assert run_concurrently([lambda k=k: client(k) for k in range(threads)]) == list(range(threads))
+    assert run_concurrently([partial(client, k) for k in range(threads)]) == list(range(threads))
     assert sum(model.calls) == 50 * threads

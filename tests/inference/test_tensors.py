@@ -53,6 +53,16 @@ def test_typed_contents(datatype: str, field: str, dtype: type) -> None:
         (lambda: typed_request("FP32", "fp32_contents", [1.0] * 4, [4]), "shape [4]"),
         (lambda: typed_request("FP32", "fp32_contents", [], [0, 4]), "empty batch"),
         (lambda: typed_request("FP32", "fp32_contents", [1.0] * 5, [1, 4]), "5 values"),
+        (lambda: typed_request("FP32", "fp32_contents", [1.0] * 4, [1, -4]), "shape [1, -4]"),
+        (
+            lambda: typed_request("FP32", "fp32_contents", [], [2**62, 4]),
+            "0 values in contents for shape [4611686018427387904, 4]; "
+            "expected 18446744073709551616 (the model expects FP32 [N, 4])",
+        ),
+        (
+            lambda: typed_request("FP32", "fp32_contents", [1, 2, 3, float("nan")], [1, 4]),
+            "input 'input' row 0 holds nan",
+        ),
     ],
 )
 def test_invalid_inputs_name_the_input_and_expected_shape(request_factory, message) -> None:
