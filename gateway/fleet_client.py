@@ -28,7 +28,7 @@ from mlops_core.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from mlops_core.oip import check_finite, infer_request
+from mlops_core.oip import ROUTING_KEY_HEADER, check_finite, infer_request, response_arrays
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol.open_inference_pb2_grpc import GRPCInferenceServiceStub
 from mlops_core.signature import OIP_TO_NUMPY
@@ -183,23 +183,38 @@ class FleetClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def predict(self, model: str, data: Any) -> Prediction:
+    async def predict(self, model: str, data: Any, routing_key: str | None = None) -> Prediction:
+        """`routing_key`: during a canary, one key always lands on the same version."""
         cached = self._specs.get(model)
         spec = cached or await self._input_spec(model)
         try:
-            return await self._predict(model, data, spec)
+            return await self._predict(model, data, spec, routing_key)
         except InvalidInput:
             if cached is None:  # read from the fleet for this very request
                 raise
             fresh = await self._input_spec(model)
             if fresh == spec:
                 raise
-        return await self._predict(model, data, fresh)
+        return await self._predict(model, data, fresh, routing_key)
 
-    async def _predict(self, model: str, data: Any, spec: InputSpec) -> Prediction:
+    async def _predict(
+        self, model: str, data: Any, spec: InputSpec, routing_key: str | None
+    ) -> Prediction:
         array = encode_rows(model, data, spec)
         try:
-            answer = await self._coalescer(model, spec).submit(array)
+            if routing_key is None:
+                answer = await self._coalescer(model, spec).submit(array)
+            else:
+                # NOTE: its own call: a shared one lands on one version for every caller in it.
+                metadata = (*(self._metadata or ()), (ROUTING_KEY_HEADER, routing_key))
+                response = await self._stub.ModelInfer(
+                    infer_request(model, {spec.name: array}),
+                    timeout=PREDICT_TIMEOUT_S,
+                    metadata=metadata,
+                )
+                answer = Answer(
+                    response.model_name, response.model_version, response_arrays(response)
+                )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 self._forget(model)

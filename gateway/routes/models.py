@@ -18,6 +18,7 @@ from gateway.schemas import (
     error_responses,
 )
 from mlops_core.errors import InvalidInput
+from mlops_core.oip import ROUTING_KEY_HEADER
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -57,7 +58,9 @@ async def list_models(resources: ResourcesDep) -> ModelList:
 )
 async def predict(name: ModelName, request: Request, resources: ResourcesDep) -> Response:
     """Predict with the model's active version: rows in, predictions (and, for classifiers,
-    probabilities) out. Bodies past `MLOPS_MAX_PREDICT_BYTES` answer 413."""
+    probabilities) out. During a canary rollout, requests go to the candidate with the step's
+    probability; an `X-Routing-Key` header keeps one caller on one side; `version` always
+    names the version that answered. Bodies past `MLOPS_MAX_PREDICT_BYTES` answer 413."""
     # NOTE: gateway.body_limit bounds what `request.body()` reads. The body is parsed
     # with orjson and checked against the model's own input shape (from its metadata), which
     # gives shape-aware messages and keeps this hot path short.
@@ -67,7 +70,9 @@ async def predict(name: ModelName, request: Request, resources: ResourcesDep) ->
         raise InvalidInput(f"body is not valid JSON: {exc}{_non_finite_hint(exc)}") from None
     if not isinstance(payload, dict) or "data" not in payload:
         raise InvalidInput('body must be a JSON object like {"data": [[5.1, 3.5, 1.4, 0.2]]}')
-    result = await resources.fleet.predict(name, payload["data"])
+    result = await resources.fleet.predict(
+        name, payload["data"], request.headers.get(ROUTING_KEY_HEADER)
+    )
     body = {"model": result.model, "version": result.version, "predictions": result.predictions}
     if result.probabilities is not None:
         body["probabilities"] = result.probabilities
