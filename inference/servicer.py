@@ -16,6 +16,7 @@ import grpc
 from inference import tensors
 from inference.repository import LoadedVersion, ModelRepository
 from mlops_core.errors import MlopsError
+from mlops_core.fleet_state import ROUTING_KEY_METADATA
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 
@@ -65,7 +66,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
-        loaded = self.repository.resolve(request.name, request.version or None)
+        loaded = self.repository.resolve(request.name, request.version or None, split=False)
         # NOTE: .get: the model may be removed between resolve and here (the loop thread
         # applies the fleet's changes while this runs on a gRPC thread).
         served = self.repository.served().get(request.name)
@@ -84,7 +85,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         loaded: LoadedVersion | None = None
         try:
-            loaded = self.repository.resolve(request.model_name, request.model_version or None)
+            name, version = request.model_name, request.model_version or None
+            # NOTE: the routing key is read only where it can matter: reading metadata costs
+            # microseconds, a set lookup tens of nanoseconds.
+            key = (
+                routing_key(context)
+                if not version and name in self.repository.split_models
+                else None
+            )
+            loaded = self.repository.resolve(name, version, key)
             loaded.requests.inc()
             signature = loaded.signature
             inputs, rows = tensors.decode_inputs(request, signature.inputs)
@@ -96,5 +105,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 loaded.count_failure(exc.grpc_code.name)
             context.abort(exc.grpc_code, exc.message)
             raise
+        if loaded.mirror is not None:
+            loaded.mirror.offer(inputs, rows, outputs)
         loaded.latency.observe(time.perf_counter() - started)
         return response
+
+
+def routing_key(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata():
+        if key == ROUTING_KEY_METADATA:
+            return value if isinstance(value, str) else None
+    return None
