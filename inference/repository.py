@@ -160,7 +160,7 @@ class ModelRepository:
         self._loading: dict[tuple[str, str], asyncio.Task[LoadedVersion]] = {}
         self.split_models: frozenset[str] = frozenset()
         """Models whose route sends the candidate a share of the traffic: only their requests'
-        routing keys matter (reading one from a request costs microseconds)."""
+        routing keys matter (reading one from a request costs about a microsecond)."""
         self.mirror_queue = MirrorQueue()
 
     # --- serving -------------------------------------------------------------------------

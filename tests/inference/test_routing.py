@@ -87,6 +87,8 @@ async def test_no_route_until_the_candidate_is_loaded(route_repo: Path) -> None:
     source.gate.clear()
     candidate = CandidateRoute(version="2", weight=1.0)
     loading = asyncio.create_task(repo.load("iris", "2"))
+    await asyncio.sleep(0.05)
+    assert not loading.done()
     repo.set_route("iris", candidate)  # as a resync would, while version 2 still loads
     assert repo.served()["iris"].candidate is None
     assert shares(repo, 100) == {"1": 100}
