@@ -28,7 +28,8 @@ from mlops_core.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from mlops_core.oip import ROUTING_KEY_HEADER, check_finite, infer_request, response_arrays
+from mlops_core.fleet_state import ROUTING_KEY_METADATA
+from mlops_core.oip import check_finite, infer_request, response_arrays
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol.open_inference_pb2_grpc import GRPCInferenceServiceStub
 from mlops_core.signature import OIP_TO_NUMPY
@@ -206,7 +207,7 @@ class FleetClient:
                 answer = await self._coalescer(model, spec).submit(array)
             else:
                 # NOTE: its own call: a shared one lands on one version for every caller in it.
-                metadata = (*(self._metadata or ()), (ROUTING_KEY_HEADER, routing_key))
+                metadata = (*(self._metadata or ()), (ROUTING_KEY_METADATA, routing_key))
                 response = await self._stub.ModelInfer(
                     infer_request(model, {spec.name: array}),
                     timeout=PREDICT_TIMEOUT_S,

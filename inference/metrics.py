@@ -1,26 +1,20 @@
-"""Prometheus metrics of a replica, per model and version."""
+"""Prometheus metrics of a replica, per model and version, and the per-version counters its
+heartbeat reports (read back from the same series)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
+from itertools import pairwise
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)
+from mlops_core.fleet_state import LATENCY_BUCKETS_S, VersionStats
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+VersionKey = tuple[str, str]
+"""(model, version)"""
 
 
 class ReplicaMetrics:
@@ -39,18 +33,22 @@ class ReplicaMetrics:
             (*labels, "code"),
             registry=self.registry,
         )
+        # NOTE: the heartbeat's buckets, fine below 10 ms so a p99 can be read from them. An
+        # observe scans the bounds in order (prometheus_client); timed with timeit against the
+        # 14 coarser ones used before, it costs the same for 200 us, +25 ns for 0.5 ms and
+        # +65 ns for 2 ms, of about 600 ns.
         self.latency = Histogram(
             "mlops_inference_request_duration_seconds",
             "Time from request to response.",
             labels,
-            buckets=LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
         self.queue_time = Histogram(
             "mlops_inference_queue_duration_seconds",
             "Time a request waited for its batch.",
             labels,
-            buckets=LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
         self.batch_rows = Histogram(
@@ -72,3 +70,98 @@ class ReplicaMetrics:
             ("model",),
             registry=self.registry,
         )
+        # The mirror: requests answered by the active version and also run, off the response
+        # path, on a candidate (the version in the labels); its answers go to no one.
+        self.mirror_requests = Counter(
+            "mlops_inference_mirror_requests",
+            "Requests run on a candidate as a mirror of the active version's.",
+            labels,
+            registry=self.registry,
+        )
+        self.mirror_failures = Counter(
+            "mlops_inference_mirror_failures",
+            "Mirrored requests the candidate failed on.",
+            labels,
+            registry=self.registry,
+        )
+        self.mirror_latency = Histogram(
+            "mlops_inference_mirror_duration_seconds",
+            "Time the candidate took on a mirrored request.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.mirror_compared = Counter(
+            "mlops_inference_mirror_compared",
+            "Mirrored requests whose answer was compared with the active version's.",
+            labels,
+            registry=self.registry,
+        )
+        self.mirror_agreed = Counter(
+            "mlops_inference_mirror_agreed",
+            "Compared mirrored requests whose answer agreed with the active version's.",
+            labels,
+            registry=self.registry,
+        )
+        self.mirror_dropped = Counter(
+            "mlops_inference_mirror_dropped",
+            "Requests drawn for the mirror but not run: its queue was full.",
+            labels,
+            registry=self.registry,
+        )
+
+    def version_stats(self, versions: Iterable[VersionKey]) -> dict[VersionKey, VersionStats]:
+        """The counters of these versions, read from the series above in one pass over each
+        (zeros for a version with none yet).
+
+        NOTE: `collect()` builds every sample of a family, about 50 us per histogram child
+        here: a few milliseconds for dozens of versions, once per heartbeat."""
+        stats = {key: _empty_stats() for key in versions}
+        for field, counter in (
+            ("requests", self.requests),
+            ("errors", self.failures),
+            ("mirrored", self.mirror_requests),
+            ("mirror_errors", self.mirror_failures),
+            ("compared", self.mirror_compared),
+            ("agreed", self.mirror_agreed),
+            ("mirror_dropped", self.mirror_dropped),
+        ):
+            for key, total in _totals(counter).items():
+                if key in stats:
+                    setattr(stats[key], field, total)
+        for field, histogram in (
+            ("latency", self.latency),
+            ("mirror_latency", self.mirror_latency),
+        ):
+            for key, counts in _bucket_counts(histogram).items():
+                if key in stats:
+                    setattr(stats[key], field, counts)
+        return stats
+
+
+def _empty_stats() -> VersionStats:
+    zeros = [0] * (len(LATENCY_BUCKETS_S) + 1)
+    return VersionStats(latency=list(zeros), mirror_latency=list(zeros))
+
+
+def _totals(counter: Counter) -> dict[VersionKey, int]:
+    """Each version's total, summed over any other label (the failures' gRPC code)."""
+    totals: defaultdict[VersionKey, int] = defaultdict(int)
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                totals[sample.labels["model"], sample.labels["version"]] += int(sample.value)
+    return totals
+
+
+def _bucket_counts(histogram: Histogram) -> dict[VersionKey, list[int]]:
+    """Each version's requests per bucket (not cumulative), the +Inf bucket last."""
+    cumulative: defaultdict[VersionKey, list[int]] = defaultdict(list)
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket"):
+                cumulative[sample.labels["model"], sample.labels["version"]].append(
+                    int(sample.value)
+                )
+    # NOTE: a child's bucket samples come in order of their bounds, +Inf last.
+    return {key: [c[0], *(b - a for a, b in pairwise(c))] for key, c in cumulative.items()}

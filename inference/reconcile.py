@@ -80,6 +80,9 @@ class FleetReconciler:
 
     async def _reconcile_model(self, name: str, desired: DesiredModel) -> None:
         keep = desired.versions()[: self.repository.keep_versions]
+        candidate = desired.candidate
+        if candidate is not None and candidate.version not in keep:
+            keep.append(candidate.version)  # kept whatever `keep_versions` says: it takes traffic
         try:
             # NOTE: the new active version loads and warms before anything is unloaded, so
             # the previous one serves until the atomic switch.
@@ -91,6 +94,9 @@ class FleetReconciler:
                 await self.repository.load(name, version)
             except MlopsError as exc:
                 log.warning("cannot keep %s version %s warm: %s", name, version, exc.message)
+        # NOTE: only now, with the candidate loaded (or failed to), is its route applied: no
+        # request ever goes to a version still loading.
+        self.repository.set_route(name, candidate)
         served = self.repository.served().get(name)
         if served is not None and served.active in keep:
             self.repository.evict(name, keep=keep)
@@ -100,7 +106,7 @@ class FleetReconciler:
             replica_id=self.replica_id,
             grpc_address=self.grpc_address,
             http_address=self.http_address,
-            models=self.repository.served(),
+            models=self.repository.served(with_stats=True),
         )
 
     async def heartbeat(self) -> None:

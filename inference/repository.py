@@ -4,17 +4,24 @@ A version is loaded and warmed before it can become active; activation is one as
 on the event loop, so it is atomic for every request (requests run on the gRPC server's
 threads and only read). A request resolves its version once, when it starts, and holds it
 until it ends: a swap or an unload never changes the version of a request in flight.
+
+During a rollout a model also has a route to a candidate version (set only once the candidate
+is loaded): it takes a share of the requests that name no version, and may mirror those the
+active version answers (`inference.mirror`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.batcher import Arrays, BatchObserver, DynamicBatcher
 from inference.metrics import ReplicaMetrics
+from inference.mirror import Mirror, MirrorQueue
 from inference.runtime import OnnxModel
 from inference.sources import ModelSource, is_version
 from mlops_core.errors import (
@@ -24,7 +31,7 @@ from mlops_core.errors import (
     ModelNotReady,
     ModelRuntimeError,
 )
-from mlops_core.fleet_state import ServedModel
+from mlops_core.fleet_state import CandidateRoute, ServedModel
 from mlops_core.signature import ModelSignature
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ class LoadedVersion:
         self.requests = metrics.requests.labels(name, version)
         self.latency = metrics.latency.labels(name, version)
         self._failures = metrics.failures
+        self.mirror: Mirror | None = None
+        """Set on the active version while its model's route mirrors requests to a candidate."""
         signature = model.signature
         max_rows = (
             signature.max_batch_size
@@ -124,10 +133,31 @@ class LoadedVersion:
         self._failures.labels(self.name, self.version, code).inc()
 
 
+@dataclass(frozen=True)
+class Route:
+    """A model's candidate route as applied: the desired one, with its version loaded."""
+
+    spec: CandidateRoute
+    candidate: LoadedVersion
+
+    def choose(self, champion: LoadedVersion, routing_key: str | None) -> LoadedVersion:
+        """The candidate for a share `weight` of requests, else the champion.
+
+        A request with a routing key draws from the key's CRC-32, the same in every process
+        and across restarts (unlike `hash()`): a caller stays on one side, and, once on the
+        candidate, stays there as the weight grows. Weight 0 (a shadow) never draws it."""
+        weight = self.spec.weight
+        if not weight:
+            return champion
+        draw = random.random() if routing_key is None else zlib.crc32(routing_key.encode()) / 2**32
+        return self.candidate if draw < weight else champion
+
+
 @dataclass
 class ModelEntry:
     versions: dict[str, LoadedVersion] = field(default_factory=dict)
     active: LoadedVersion | None = None
+    route: Route | None = None
     recent: list[str] = field(default_factory=list)
     """Versions in the order they were last active, most recent last."""
     failed: dict[str, str] = field(default_factory=dict)
@@ -149,18 +179,35 @@ class ModelRepository:
         self.intra_op_threads = intra_op_threads
         self._models: dict[str, ModelEntry] = {}
         self._loading: dict[tuple[str, str], asyncio.Task[LoadedVersion]] = {}
+        self.split_models: frozenset[str] = frozenset()
+        """Models whose route sends the candidate a share of the traffic: only their requests'
+        routing keys matter (reading one from a request costs about a microsecond)."""
+        self.mirror_queue = MirrorQueue()
 
     # --- serving -------------------------------------------------------------------------
-    def resolve(self, name: str, version: str | None) -> LoadedVersion:
-        """The version a request runs on: the one named, or the model's active version."""
+    def resolve(
+        self,
+        name: str,
+        version: str | None,
+        routing_key: str | None = None,
+        *,
+        split: bool = True,
+    ) -> LoadedVersion:
+        """The version a request runs on: the one named, or else the model's active version or,
+        for the share of requests its route sends there, the candidate (`split=False`: always
+        the active version)."""
         entry = self._models.get(name)
         if entry is None or (not entry.versions and not self._is_loading(name)):
             served = self.model_names()
             raise ModelNotFound(f"model {name!r} is not served here; served models: {served}")
         if not version:
-            if entry.active is None:
+            active = entry.active
+            if active is None:
                 raise ModelNotReady(f"model {name!r} is still loading")
-            return entry.active
+            route = entry.route
+            if route is None or not split:
+                return active
+            return route.choose(active, routing_key)
         loaded = entry.versions.get(version)
         if loaded is not None:
             return loaded
@@ -180,17 +227,27 @@ class ModelRepository:
     def model_names(self) -> list[str]:
         return sorted(n for n, e in list(self._models.items()) if e.versions)
 
-    def served(self) -> dict[str, ServedModel]:
-        """What this replica serves, as reported in its heartbeat."""
-        return {
-            name: ServedModel(
+    def served(self, with_stats: bool = False) -> dict[str, ServedModel]:
+        """What this replica serves, as reported in its heartbeat (which adds the counters of
+        every loaded version: `with_stats`, a few milliseconds for dozens of versions)."""
+        entries = [(n, e) for n, e in list(self._models.items()) if e.versions or e.failed]
+        stats = (
+            self.metrics.version_stats([(n, v) for n, e in entries for v in list(e.versions)])
+            if with_stats
+            else {}
+        )
+        served: dict[str, ServedModel] = {}
+        for name, entry in entries:
+            loaded = sorted(entry.versions, key=_version_key)
+            route = entry.route
+            served[name] = ServedModel(
                 active=entry.active.version if entry.active else None,
-                loaded=sorted(entry.versions, key=_version_key),
+                loaded=loaded,
                 failed=dict(entry.failed),
+                candidate=route.spec if route is not None else None,
+                stats={v: stats[(name, v)] for v in loaded if (name, v) in stats},
             )
-            for name, entry in list(self._models.items())
-            if entry.versions or entry.failed
-        }
+        return served
 
     def is_ready(self, name: str, version: str | None = None) -> bool:
         try:
@@ -254,10 +311,16 @@ class ModelRepository:
         loaded = entry.versions.get(version) if entry else None
         if entry is None or loaded is None:
             raise ModelNotFound(f"model {name!r} version {version!r} is not loaded")
+        changed = entry.active is not loaded
         entry.active = loaded
         if version in entry.recent:
             entry.recent.remove(version)
         entry.recent.append(version)
+        if changed:
+            if entry.route is not None and entry.route.candidate is loaded:
+                self._set_route(name, entry, None)  # the candidate was promoted
+            else:
+                self._apply_route(name, entry)
         self.metrics.active_version.labels(name).set(int(version))
         log.info("model %s version %s active", name, version)
         return loaded
@@ -272,8 +335,62 @@ class ModelRepository:
         self.evict(name)
         return loaded
 
+    def set_route(self, name: str, spec: CandidateRoute | None) -> None:
+        """Apply the model's candidate route, or clear it (None). A route whose version is not
+        loaded (still loading, or failed to) or is the active one is cleared: no request is
+        ever sent to a version still loading."""
+        entry = self._models.get(name)
+        if entry is None:
+            return
+        candidate = entry.versions.get(spec.version) if spec is not None else None
+        route = (
+            Route(spec, candidate)
+            if spec is not None and candidate is not None and candidate is not entry.active
+            else None
+        )
+        if route != entry.route:
+            self._set_route(name, entry, route)
+
+    def _set_route(self, name: str, entry: ModelEntry, route: Route | None) -> None:
+        entry.route = route
+        self._apply_route(name, entry)
+        if route is None:
+            log.info("model %s: no candidate route", name)
+        else:
+            log.info(
+                "model %s: version %s is the candidate (weight %s, mirror rate %s)",
+                name,
+                route.candidate.version,
+                route.spec.weight,
+                route.spec.mirror_rate,
+            )
+
+    def _apply_route(self, name: str, entry: ModelEntry) -> None:
+        """Give the active version, and only it, the route's mirror; note whether the model's
+        traffic is split. Called on the event loop whenever the route or the active version
+        changes; requests see each attribute change at once."""
+        route, champion = entry.route, entry.active
+        mirror = None
+        if route is not None and champion is not None and route.spec.mirror_rate > 0:
+            spec = route.spec
+            mirror = Mirror(
+                champion,
+                route.candidate,
+                spec.mirror_rate,
+                spec.agreement_rtol,
+                self.mirror_queue,
+                self.metrics,
+            )
+        for loaded in entry.versions.values():
+            loaded.mirror = mirror if loaded is champion else None
+        if route is not None and route.spec.weight > 0:
+            self.split_models = self.split_models | {name}
+        else:
+            self.split_models = self.split_models - {name}
+
     def evict(self, name: str, keep: list[str] | None = None) -> None:
-        """Unload versions beyond `keep` (default: the N most recently active)."""
+        """Unload versions beyond `keep` (default: the N most recently active), never the
+        active version nor the route's candidate."""
         entry = self._models.get(name)
         if entry is None:
             return
@@ -283,8 +400,9 @@ class ModelRepository:
                 (v for v in entry.versions if v not in recent), key=_version_key, reverse=True
             )
             keep = (recent + others)[: self.keep_versions]
-        for version in list(entry.versions):
-            if version not in keep and (entry.active is None or entry.active.version != version):
+        protected = {entry.active, entry.route.candidate if entry.route else None}
+        for version, loaded in list(entry.versions.items()):
+            if version not in keep and loaded not in protected:
                 self.unload(name, version)
 
     def unload(self, name: str, version: str) -> None:
@@ -292,9 +410,13 @@ class ModelRepository:
         entry = self._models.get(name)
         if entry is None or version not in entry.versions:
             return
-        if entry.active is not None and entry.active.version == version:
+        loaded = entry.versions.pop(version)
+        loaded.mirror = None
+        if entry.active is loaded:
             entry.active = None
-        del entry.versions[version]
+            self._apply_route(name, entry)
+        if entry.route is not None and entry.route.candidate is loaded:
+            self._set_route(name, entry, None)
         self.metrics.loaded.labels(name).set(len(entry.versions))
         log.info("model %s version %s unloaded", name, version)
 
@@ -302,6 +424,9 @@ class ModelRepository:
         """Stop serving a model altogether."""
         entry = self._models.pop(name, None)
         if entry is not None:
+            self.split_models = self.split_models - {name}
+            for loaded in entry.versions.values():
+                loaded.mirror = None
             self.metrics.loaded.labels(name).set(0)
             log.info("model %s removed", name)
 

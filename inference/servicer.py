@@ -15,6 +15,7 @@ import grpc
 from inference import tensors
 from inference.grpc_status import abort, answers_errors, as_mlops_error
 from inference.repository import LoadedVersion, ModelRepository
+from mlops_core.fleet_state import ROUTING_KEY_METADATA
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 
@@ -52,7 +53,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
-        loaded = self.repository.resolve(request.name, request.version or None)
+        loaded = self.repository.resolve(request.name, request.version or None, split=False)
         # NOTE: .get: the model may be removed between resolve and here (the loop thread
         # applies the fleet's changes while this runs on a gRPC thread).
         served = self.repository.served().get(request.name)
@@ -73,7 +74,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         loaded: LoadedVersion | None = None
         try:
-            loaded = self.repository.resolve(request.model_name, request.model_version or None)
+            name, version = request.model_name, request.model_version or None
+            # NOTE: the routing key is read only where it can matter: reading it from the
+            # metadata took 0.6 to 1.1 us per call here, the set lookup takes tens of ns.
+            key = (
+                routing_key(context)
+                if not version and name in self.repository.split_models
+                else None
+            )
+            loaded = self.repository.resolve(name, version, key)
             loaded.requests.inc()
             signature = loaded.signature
             inputs, rows = tensors.decode_inputs(request, signature.inputs)
@@ -85,5 +94,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if loaded is not None:
                 loaded.count_failure(error.grpc_code.name)
             abort(context, error)
+        if loaded.mirror is not None:
+            loaded.mirror.offer(inputs, rows, outputs)
         loaded.latency.observe(time.perf_counter() - started)
         return response
+
+
+def routing_key(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata():
+        if key == ROUTING_KEY_METADATA:
+            return value if isinstance(value, str) else None
+    return None

@@ -56,6 +56,10 @@ slower ones): fine enough below 10 ms that a p99 read from them compares two ver
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
+ROUTING_KEY_METADATA = "x-routing-key"
+"""gRPC metadata a caller may send so that its requests always land on the same side of a
+candidate route (replicas read it only while a route sends the candidate some traffic)."""
+
 
 @dataclass(frozen=True)
 class CandidateRoute:
@@ -112,6 +116,8 @@ class VersionStats:
     """Mirrored requests whose answers were compared with the champion's..."""
     agreed: int = 0
     """...and of those, the ones that agreed."""
+    mirror_dropped: int = 0
+    """Requests drawn for the mirror but not run, as the replica's mirror queue was full."""
 
 
 @dataclass

@@ -11,9 +11,6 @@ from mlops_core.errors import InvalidInput
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.signature import NUMPY_TO_OIP, OIP_TO_NUMPY
 
-ROUTING_KEY_HEADER = "x-routing-key"
-"""gRPC metadata (and REST header) whose value keeps one caller on one side of a canary."""
-
 # Which `InferTensorContents` field carries each datatype when values are sent typed.
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",

@@ -18,7 +18,7 @@ from gateway.schemas import (
     error_responses,
 )
 from mlops_core.errors import InvalidInput
-from mlops_core.oip import ROUTING_KEY_HEADER
+from mlops_core.fleet_state import ROUTING_KEY_METADATA
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -71,7 +71,7 @@ async def predict(name: ModelName, request: Request, resources: ResourcesDep) ->
     if not isinstance(payload, dict) or "data" not in payload:
         raise InvalidInput('body must be a JSON object like {"data": [[5.1, 3.5, 1.4, 0.2]]}')
     result = await resources.fleet.predict(
-        name, payload["data"], request.headers.get(ROUTING_KEY_HEADER)
+        name, payload["data"], request.headers.get(ROUTING_KEY_METADATA)
     )
     body = {"model": result.model, "version": result.version, "predictions": result.predictions}
     if result.probabilities is not None:

@@ -102,6 +102,38 @@ class GrpcLoad:
                     self.failures.append(f"{exc.code().name}: {exc.details()}")
 
 
+class KeyedCaller:
+    """One REST caller sending the same routing key back to back; the versions it got, in
+    order."""
+
+    def __init__(self, gateway: str, key: str) -> None:
+        self.gateway = gateway
+        self.key = key
+        self.versions: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> KeyedCaller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.gateway, timeout=10) as client:
+            while not self._stop.is_set():
+                response = client.post(
+                    f"/models/{MODEL}/predict",
+                    json={"data": ROWS},
+                    headers={"X-Routing-Key": self.key},
+                )
+                if response.status_code == 200:
+                    self.versions.append(response.json()["version"])
+                time.sleep(0.02)
+
+
 def put_policy(api: httpx.Client, policy: dict[str, Any]) -> None:
     response = api.put(f"/models/{MODEL}/policy", json=policy)
     assert response.status_code == 200, response.text
@@ -144,13 +176,17 @@ def push_under_load(
         pipeline_id, _ = await asyncio.to_thread(push, api, repo, sha, modified=[notebooks.PATH])
         return await asyncio.to_thread(wait_pipeline, api, pipeline_id)
 
-    with GrpcLoad(stack.grpc_address) as grpc_load:
+    with GrpcLoad(stack.grpc_address) as grpc_load, KeyedCaller(stack.gateway, "caller-1") as keyed:
         run = asyncio.run(
             predict_load_around(
                 stack.gateway, MODEL, ROWS, pushed, clients=3, before_s=1.0, after_s=1.0,
                 limit_s=PIPELINE_TIMEOUT_S + 60,
             )
         )  # fmt: skip
+    # NOTE: one key stays on one side: once on the candidate, never back (weights only grow).
+    if "2" in keyed.versions and keyed.versions[-1] == "2":
+        first = keyed.versions.index("2")
+        assert set(keyed.versions[first:]) == {"2"}, keyed.versions
     return run.action_result, run, grpc_load
 
 
