@@ -227,9 +227,9 @@ async def run_replica(settings: Settings, options: ReplicaOptions) -> None:
     starting = asyncio.create_task(replica.start())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if starting.done() and starting.exception() is not None:
+    if starting.done() and (failure := starting.exception()) is not None:
         await replica.stop(0)
-        raise starting.exception()  # type: ignore[misc]
+        raise failure
     await stopping
     starting.cancel()
     log.info("replica %s stopping", settings.replica_id)

@@ -30,6 +30,8 @@ from redis.exceptions import ResponseError
 from mlops_core.errors import InvalidInput, RolloutTimeout
 
 log = logging.getLogger(__name__)
+# NOTE: redis-py types the asyncio client's hash commands as `Awaitable[T] | T`, which mypy
+# will not await (redis/redis-py#2399): each `type: ignore[misc]  # redis-py#2399` below is that.
 
 DESIRED_KEY = "mlops:fleet:desired"
 CHANGED_CHANNEL = "mlops:fleet:changed"
@@ -157,20 +159,21 @@ async def set_desired(redis: Redis, model: str, desired: DesiredModel) -> None:
         parse_desired_model(raw)
     except ValueError as exc:
         raise InvalidInput(f"cannot record the desired state of {_shown(model)}: {exc}") from None
-    await redis.hset(DESIRED_KEY, model, raw)
+    await redis.hset(DESIRED_KEY, model, raw)  # type: ignore[misc]  # redis-py#2399
     await redis.publish(CHANGED_CHANNEL, model)
 
 
 async def remove_desired(redis: Redis, model: str) -> None:
     """Stop serving a model everywhere."""
-    await redis.hdel(DESIRED_KEY, model)
+    await redis.hdel(DESIRED_KEY, model)  # type: ignore[misc]  # redis-py#2399
     await redis.publish(CHANGED_CHANNEL, model)
 
 
 async def get_desired(redis: Redis) -> DesiredState:
     """Every valid entry of the desired state; malformed ones are logged once and skipped."""
     try:
-        raw: dict[Any, Any] = await redis.hgetall(DESIRED_KEY)
+        raw: dict[Any, Any]
+        raw = await redis.hgetall(DESIRED_KEY)  # type: ignore[misc]  # redis-py#2399
     except ResponseError as exc:
         if not str(exc).startswith("WRONGTYPE"):
             raise
@@ -200,7 +203,7 @@ async def get_desired(redis: Redis) -> DesiredState:
 async def get_desired_model(redis: Redis, model: str) -> DesiredModel | None:
     """The model's entry; None when it has none, or a malformed one (logged once)."""
     try:
-        raw = await redis.hget(DESIRED_KEY, model)
+        raw = await redis.hget(DESIRED_KEY, model)  # type: ignore[misc]  # redis-py#2399
     except ResponseError as exc:
         if not str(exc).startswith("WRONGTYPE"):
             raise
