@@ -28,9 +28,9 @@ from benchmarks.peers import (
     start_baseline,
     start_mlserver,
 )
+from benchmarks.processes import REPO_ROOT
 from benchmarks.profile import profile_during
 from benchmarks.servers import (
-    REPO_ROOT,
     ServerGroup,
     start_gateway,
     start_redis,

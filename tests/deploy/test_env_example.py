@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from benchmarks.processes import REPO_ROOT
 from mlops_core.settings import Settings
-from tests.support.processes import REPO_ROOT
 
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")

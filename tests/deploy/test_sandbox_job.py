@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from benchmarks.processes import REPO_ROOT
 from mlops_core.settings import Settings
 from pipeline_worker.sandbox import BOX_WORKDIR, BoxJob, Limits, SandboxUnavailable
 from pipeline_worker.sandbox.kubernetes import (
@@ -42,7 +43,6 @@ from tests.deploy.manifests import (
     sandbox_box_job,
     sandbox_job_manifest,
 )
-from tests.support.processes import REPO_ROOT
 
 MIB = 1024 * 1024
 

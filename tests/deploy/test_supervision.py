@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.processes import port_open
 from launcher.output import SUPERVISORD_DATE, Console, FollowedLog
 from tests.deploy.platform import Platform, platform_env
 from tests.deploy.proctree import descendants, find, survivors
-from tests.support.processes import port_open
 
 RESTART_BUDGET_S = 20
 

@@ -7,9 +7,9 @@ import ipaddress
 import socket
 from pathlib import Path
 
+from benchmarks.processes import free_port
 from launcher.services import plan
 from mlops_core.settings import Settings
-from tests.support.processes import free_port
 
 
 def listening_addresses(port: int) -> set[str]:
