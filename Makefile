@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-stamp
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install lock run test lint format proto bench bench-peers clean
+.PHONY: install lock run test lint format proto bench bench-peers bench-deps clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ bench: $(STAMP)
 
 bench-peers: $(STAMP)
 	$(PY) -m benchmarks peers $(BENCH_ARGS)
+
+# The one target that installs system packages, and only when asked: the benchmarks' native load
+# clients, h2load and wrk (apt-get, through sudo when not root). `make bench` names it when they
+# are missing.
+bench-deps: $(STAMP)
+	$(PY) -m benchmarks deps
 
 clean:
 	rm -rf $(VENV) .mlops-data
