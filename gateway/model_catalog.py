@@ -23,7 +23,7 @@ from gateway.schemas import (
 )
 from mlops_core import fleet_state
 from mlops_core.errors import ModelNotFound, ModelNotReady
-from mlops_core.fleet_state import DesiredModel, ReplicaReport
+from mlops_core.fleet_state import DesiredModel, ReplicaReport, version_key
 
 REGISTRY_TIMEOUT_S = 3.0
 _PAGE = 1000
@@ -59,7 +59,7 @@ class Registry:
         except (httpx.HTTPError, ValueError, KeyError):
             return None
         for versions in found.values():
-            versions.sort(key=lambda v: _version_key(v.version))
+            versions.sort(key=lambda v: version_key(v.version))
         return found
 
     async def healthy(self) -> bool:
@@ -80,11 +80,6 @@ def _version_out(raw: dict[str, Any]) -> ModelVersionOut:
         run_id=raw.get("run_id") or None,
         created_at=datetime.fromtimestamp(int(created) / 1000, UTC) if created else None,
     )
-
-
-def _version_key(version: str) -> tuple[int, str]:
-    # NOTE: isascii too: str.isdigit() accepts digits such as "²" that int() refuses.
-    return (int(version), "") if version.isascii() and version.isdigit() else (1 << 62, version)
 
 
 def _serving(report: ReplicaReport, model: str) -> ReplicaServing | None:
@@ -127,7 +122,7 @@ def describe_model(
         name=name,
         active_version=desired.active if desired else None,
         warm_versions=[v for v in desired.warm if v != desired.active] if desired else [],
-        versions=sorted(versions.values(), key=lambda v: _version_key(v.version)),
+        versions=sorted(versions.values(), key=lambda v: version_key(v.version)),
         replicas=[s for r in replicas if (s := _serving(r, name)) is not None],
     )
 
@@ -171,9 +166,8 @@ async def rollback(
                 f"model {model!r} has no version {version!r}; versions: {', '.join(available)}"
             )
     previous = desired.active if desired else None
-    warm = [v for v in (desired.versions() if desired else []) if v != version]
     await fleet_state.set_desired(
-        redis, model, DesiredModel(active=version, warm=warm[: max(keep_versions - 1, 0)])
+        redis, model, fleet_state.next_desired(desired, version, keep_versions)
     )
     if not replicas:
         raise ModelNotReady(

@@ -59,6 +59,21 @@ class DesiredModel:
         return [self.active, *[v for v in self.warm if v != self.active]]
 
 
+def version_key(version: str) -> tuple[int, str]:
+    """Sort key of model versions: by number, and anything that is not a version after them
+    all, by its text."""
+    # NOTE: isascii too: str.isdigit() accepts digits such as "²" that int() refuses.
+    return (int(version), "") if version.isascii() and version.isdigit() else (1 << 62, version)
+
+
+def next_desired(previous: DesiredModel | None, version: str, keep_versions: int) -> DesiredModel:
+    """The entry that makes `version` active (a deploy, a rollback): the versions `previous`
+    held stay warm, its active one first, `keep_versions` loaded in all at most."""
+    earlier = previous.versions() if previous else []
+    warm = [v for v in earlier if v != version][: max(keep_versions - 1, 0)]
+    return DesiredModel(active=version, warm=warm)
+
+
 @dataclass
 class ServedModel:
     __pydantic_config__ = _STRICT
