@@ -77,10 +77,6 @@ class Settings(BaseSettings):
     """CPUs a replica runs on, as `taskset` writes them ("0", "0-3", "1,3"); empty: any.
     One CPU per replica, each its own, is fastest with several replicas on a small machine:
     a process's threads then never pass the GIL between cores."""
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop", validation_alias=_env("MLOPS_EVENT_LOOP")
-    )
-    """The event loop of a replica's control plane: loading, fleet reconcile, status HTTP."""
     keep_versions: int = Field(3, validation_alias=_env("MLOPS_KEEP_VERSIONS"))
     """Versions per model kept loaded (active included) so a rollback is an instant flip."""
     ort_intra_op_threads: int = Field(1, validation_alias=_env("MLOPS_ORT_INTRA_OP_THREADS"))
