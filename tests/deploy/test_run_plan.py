@@ -36,7 +36,7 @@ from mlops_core.settings import Settings
 def settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {"data_dir": tmp_path, "redis_url": None}
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def by_name(services: list[Service]) -> dict[str, Service]:

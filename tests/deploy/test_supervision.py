@@ -81,7 +81,7 @@ def wait_for(condition: object, timeout_s: float, what: str, platform: Platform)
     while time.monotonic() - started < timeout_s:
         assert platform.process.alive(), f"the launcher exited:\n{platform.output()[-3000:]}"
         try:
-            if condition():  # type: ignore[operator]
+            if condition():
                 return time.monotonic() - started
         except httpx.HTTPError:
             pass
