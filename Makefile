@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-stamp
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install lock run test lint format proto bench bench-peers bench-deps clean
+.PHONY: install lock run test lint format proto docs bench bench-peers bench-deps clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# docs/configuration.md is generated from mlops_core/settings.py (tests/deploy/test_docs.py
+# fails when it is out of date).
+docs: $(STAMP)
+	$(PY) scripts/config_reference.py --write
 
 bench: $(STAMP)
 	$(PY) -m benchmarks run $(BENCH_ARGS)
