@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-stamp
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install lock run test lint format proto bench bench-peers clean
+.PHONY: install lock run test lint format proto docs bench bench-peers bench-deps clean
 
 install: $(STAMP)
 
@@ -35,19 +35,32 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# mypy checks what pyproject.toml's [tool.mypy] names: the services and mlops_core.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# docs/configuration.md is generated from mlops_core/settings.py (tests/deploy/test_docs.py
+# fails when it is out of date).
+docs: $(STAMP)
+	$(PY) scripts/config_reference.py --write
 
 bench: $(STAMP)
 	$(PY) -m benchmarks run $(BENCH_ARGS)
 
 bench-peers: $(STAMP)
 	$(PY) -m benchmarks peers $(BENCH_ARGS)
+
+# The one target that installs system packages, and only when asked: the benchmarks' native load
+# clients, h2load and wrk (apt-get, through sudo when not root). `make bench` names it when they
+# are missing.
+bench-deps: $(STAMP)
+	$(PY) -m benchmarks deps
 
 clean:
 	rm -rf $(VENV) .mlops-data

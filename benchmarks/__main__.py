@@ -5,6 +5,7 @@ python -m benchmarks run      # `make bench`: our fleet, the gateway, the minima
 python -m benchmarks peers    # `make bench-peers`: the same plus MLServer; updates latest/
 python -m benchmarks report benchmarks/results/<run>/results.json   # render again
 python -m benchmarks load --target 127.0.0.1:50051 --model iris -c 16 -d 10   # one load
+python -m benchmarks deps     # `make bench-deps`: install h2load and wrk (apt-get)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.loadgen import LoadSpec, run_load
 from benchmarks.scenarios import GRPC_LOADS, Plan, run
+from benchmarks.tools import ToolMissing, find_tools, install
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -55,10 +57,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         swaps=args.swaps,
         grpc_client=args.client,
     )
+    tools = find_tools("h2load", "wrk")
     run_dir = RESULTS / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True)
     print(f"writing to {run_dir}", flush=True)
-    results = run(plan, run_dir)
+    results = run(plan, run_dir, tools)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     publish(results, run_dir, LATEST if args.command == "peers" and not args.no_publish else None)
 
@@ -117,10 +120,19 @@ def main() -> None:
     rerender = sub.add_parser("report", help="render report.md and the plot from a results.json")
     rerender.add_argument("results", type=Path)
     rerender.add_argument("--out", type=Path, help="directory (default: beside the JSON)")
+    sub.add_parser("deps", help="install h2load and wrk with apt-get (make bench-deps)")
     args = parser.parse_args()
-    {"load": cmd_load, "run": cmd_bench, "peers": cmd_bench, "report": cmd_report}[args.command](
-        args
-    )
+    commands = {
+        "load": cmd_load,
+        "run": cmd_bench,
+        "peers": cmd_bench,
+        "report": cmd_report,
+        "deps": lambda _: install(),
+    }
+    try:
+        commands[args.command](args)
+    except ToolMissing as exc:
+        parser.exit(1, f"{exc}\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 from benchmarks import iris_models
 from benchmarks.h2load import run_h2load
 from benchmarks.servers import ServerGroup, start_gateway, start_redis, start_replicas
-from benchmarks.tools import ensure_tools
+from benchmarks.tools import find_tools
 from benchmarks.wrk import run_wrk
 from mlops_core.oip import infer_request
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
@@ -45,7 +45,7 @@ def start_stack(root: Path) -> tuple[ServerGroup, str, str]:
 def measure(
     url: str, grpc_target: str, levels: list[int], duration_s: float, warmup_s: float
 ) -> list[dict]:
-    tools = ensure_tools("h2load", "wrk")
+    tools = find_tools("h2load", "wrk")
     request = infer_request("iris", {"input": np.asarray([ROW], dtype=np.float32)})
     with grpc.insecure_channel(grpc_target) as channel:
         answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)

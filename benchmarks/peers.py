@@ -11,7 +11,8 @@ from pathlib import Path
 
 import sklearn
 
-from benchmarks.servers import REPO_ROOT, Proc, ServerGroup, free_port, http_ok, port_open
+from benchmarks.processes import REPO_ROOT, ManagedProcess, free_port, http_ok, port_open
+from benchmarks.servers import ServerGroup
 
 MLSERVER_VENV = REPO_ROOT / ".bench-venvs" / "mlserver"
 MLSERVER_PACKAGES = [
@@ -82,11 +83,15 @@ def start_mlserver(
     http_port, grpc_port = free_port(), free_port()
     name = "mlserver-batch" if batching else "mlserver"
     folder = write_mlserver_folder(workdir / name, joblib_files, batching, http_port, grpc_port)
-    proc = Proc(name, [str(mlserver), "start", str(folder)], workdir / "logs", cwd=folder)
+    proc = ManagedProcess(
+        name, [str(mlserver), "start", str(folder)], workdir / "logs", cwd=folder
+    ).start()
     url = f"http://127.0.0.1:{http_port}"
     group = ServerGroup(name, f"127.0.0.1:{grpc_port}", url, {"mlserver": [proc]})
     try:
-        proc.wait_until(lambda: _models_ready(url, joblib_files) and port_open(grpc_port), 120)
+        proc.wait_until(
+            lambda: _models_ready(url, joblib_files) and port_open(grpc_port), 120, "models ready"
+        )
     except Exception:
         group.stop()
         raise
@@ -103,7 +108,7 @@ def start_baseline(repository: Path, workdir: Path, pinned: bool = False) -> Ser
     """The minimal server; `pinned` runs it under `taskset` on one CPU, as ours run."""
     port = free_port()
     name = "baseline-pinned" if pinned else "baseline"
-    proc = Proc(
+    proc = ManagedProcess(
         name,
         [
             *(["taskset", "-c", str(min(os.sched_getaffinity(0)))] if pinned else []),
@@ -113,10 +118,10 @@ def start_baseline(repository: Path, workdir: Path, pinned: bool = False) -> Ser
             *("--model-repository", str(repository), "--port", str(port)),
         ],
         workdir / "logs",
-    )
+    ).start()
     group = ServerGroup(name, f"127.0.0.1:{port}", None, {"baseline": [proc]})
     try:
-        proc.wait_until(lambda: port_open(port), 60)
+        proc.wait_until(lambda: port_open(port), 60, "gRPC port open")
     except Exception:
         group.stop()
         raise

@@ -28,16 +28,15 @@ from benchmarks.peers import (
     start_baseline,
     start_mlserver,
 )
+from benchmarks.processes import REPO_ROOT
 from benchmarks.profile import profile_during
 from benchmarks.servers import (
-    REPO_ROOT,
     ServerGroup,
     start_gateway,
     start_redis,
     start_replicas,
 )
 from benchmarks.swap import swap_under_load
-from benchmarks.tools import ensure_tools
 from mlops_core import fleet_state
 from mlops_core.fleet_state import DesiredModel
 
@@ -91,9 +90,9 @@ def server_keys(plan: Plan) -> list[str]:
     return [k for k in keys if plan.servers is None or k in plan.servers]
 
 
-def run(plan: Plan, workdir: Path) -> dict[str, Any]:
-    """Everything the plan asks for, as one JSON-able dict."""
-    tools = ensure_tools("h2load", "wrk")
+def run(plan: Plan, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
+    """Everything the plan asks for, as one JSON-able dict; `tools` are the native clients'
+    paths (`tools.find_tools`)."""
     mlserver = ensure_mlserver_venv() if plan.peers else None
     logs = workdir / "logs"
     repo = workdir / "models"

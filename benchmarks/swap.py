@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from benchmarks.measure import self_cpu_s
 from mlops_core import fleet_state
-from mlops_core.fleet_state import DesiredModel
+from mlops_core.fleet_state import version_key
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 
@@ -50,12 +50,8 @@ def phase_summary(calls: list[Call], start: float, end: float) -> dict:
         "p50_ms": float(p50),
         "p90_ms": float(p90),
         "p99_ms": float(p99),
-        "versions_seen": sorted({c.version for c in inside if c.code == "OK"}, key=_version_key),
+        "versions_seen": sorted({c.version for c in inside if c.code == "OK"}, key=version_key),
     }
-
-
-def _version_key(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (0, version)
 
 
 async def swap_under_load(
@@ -104,8 +100,8 @@ async def swap_under_load(
         interval = steady_s / max(1, len(versions))
         for version in versions:
             began = time.perf_counter()
-            warm = [previous.active] if previous else []
-            desired = DesiredModel(active=version, warm=warm)
+            # NOTE: one version warm, the one serving before, as a deploy keeps it.
+            desired = fleet_state.next_desired(previous, version, keep_versions=2)
             await fleet_state.set_desired(redis, request.model_name, desired)
             await fleet_state.wait_for_rollout(
                 redis, request.model_name, version, rollout_timeout_s, poll_s=0.02

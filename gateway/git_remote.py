@@ -6,29 +6,15 @@ The repository's token arrives sealed and is opened here, for that one command o
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import re
 
 from mlops_core.errors import Conflict, UpstreamError
+from mlops_core.git_env import git_environment
 from mlops_core.token_vault import TokenVault
 
 LS_REMOTE_TIMEOUT_S = 30.0
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
-
-
-def git_env(github_token: str | None) -> dict[str, str]:
-    """Environment for a git call: never prompts; a token travels as an HTTP header set through
-    git's `GIT_CONFIG_*` variables, so it is in neither the URL, argv, nor the error output."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
-    if github_token:
-        basic = base64.b64encode(f"x-access-token:{github_token}".encode()).decode()
-        env |= {
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "http.extraHeader",
-            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-        }
-    return env
 
 
 async def branch_head(
@@ -51,7 +37,7 @@ async def branch_head(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=git_env(github_token),
+        env=git_environment(os.environ, github_token),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)

@@ -26,7 +26,7 @@ from gateway.schemas import (
 )
 from mlops_core import fleet_state, rollouts
 from mlops_core.errors import ModelNotFound, ModelNotReady
-from mlops_core.fleet_state import DesiredModel, ReplicaReport
+from mlops_core.fleet_state import DesiredModel, ReplicaReport, version_key
 from mlops_core.rollouts import CHALLENGER, CHAMPION, Command
 
 REGISTRY_TIMEOUT_S = 3.0
@@ -63,7 +63,7 @@ class Registry:
         except (httpx.HTTPError, ValueError, KeyError):
             return None
         for versions in found.values():
-            versions.sort(key=lambda v: _version_key(v.version))
+            versions.sort(key=lambda v: version_key(v.version))
         return found
 
     async def healthy(self) -> bool:
@@ -84,11 +84,6 @@ def _version_out(raw: dict[str, Any]) -> ModelVersionOut:
         run_id=raw.get("run_id") or None,
         created_at=datetime.fromtimestamp(int(created) / 1000, UTC) if created else None,
     )
-
-
-def _version_key(version: str) -> tuple[int, str]:
-    # NOTE: isascii too: str.isdigit() accepts digits such as "²" that int() refuses.
-    return (int(version), "") if version.isascii() and version.isdigit() else (1 << 62, version)
 
 
 def _serving(report: ReplicaReport, model: str) -> ReplicaServing | None:
@@ -138,7 +133,7 @@ def describe_model(
         )
         if desired and desired.candidate
         else None,
-        versions=sorted(versions.values(), key=lambda v: _version_key(v.version)),
+        versions=sorted(versions.values(), key=lambda v: version_key(v.version)),
         replicas=[s for r in replicas if (s := _serving(r, name)) is not None],
     )
 
@@ -183,7 +178,6 @@ async def rollback(
                 f"model {model!r} has no version {version!r}; versions: {', '.join(available)}"
             )
     previous = desired.active if desired else None
-    warm = [v for v in (desired.versions() if desired else []) if v != version]
     # NOTE: a running rollout ends too: the candidate leaves with this write, and its driver
     # is told why (it records the rollout aborted and does not put the candidate back).
     running = await asyncio.to_thread(rollouts.current, sessions, model)
@@ -192,7 +186,7 @@ async def rollback(
             redis, model, Command.ABORT, f"rolled back by hand to version {version}"
         )
     await fleet_state.set_desired(
-        redis, model, DesiredModel(active=version, warm=warm[: max(keep_versions - 1, 0)])
+        redis, model, fleet_state.next_desired(desired, version, keep_versions)
     )
     moves: dict[str, str | None] = {CHAMPION: version}
     if running is not None:

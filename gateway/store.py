@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -219,9 +220,14 @@ def get_pipeline(session: Session, pipeline_id: str) -> Pipeline:
 
 def cancel_if_queued(session: Session, pipeline_id: str) -> bool:
     """Mark a pipeline that no worker has started cancelled; False if it is past `queued`."""
-    result = session.execute(
-        update(Pipeline)
-        .where(Pipeline.id == pipeline_id, Pipeline.status == PipelineStatus.QUEUED.value)
-        .values(status=PipelineStatus.CANCELLED.value, finished_at=utcnow())
+    # NOTE: an UPDATE answers with a CursorResult (which counts rows); Session.execute is typed
+    # with the Result it shares with SELECT.
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Pipeline)
+            .where(Pipeline.id == pipeline_id, Pipeline.status == PipelineStatus.QUEUED.value)
+            .values(status=PipelineStatus.CANCELLED.value, finished_at=utcnow())
+        ),
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)

@@ -6,9 +6,10 @@ Every flag falls back to its environment setting (see `.env.example`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
+
+import uvloop
 
 from inference.cpus import pin_process
 from inference.grpc_core import apply_server_experiments
@@ -122,12 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         redis_url=args.redis_url,
         model_source=args.model_source,
     )
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        uvloop.run(run_replica(settings, options))
-    else:
-        asyncio.run(run_replica(settings, options))
+    # NOTE: the loop runs the control plane only (loading, fleet reconcile, status HTTP);
+    # requests are served on the gRPC server's threads.
+    uvloop.run(run_replica(settings, options))
 
 
 if __name__ == "__main__":

@@ -53,15 +53,17 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
             raise ValueError("MLOPS_API_KEY must be printable ASCII to travel in gRPC metadata")
         self._expected = f"Bearer {api_key}"
         # Every protected RPC is unary-unary; one prebuilt handler refuses them all.
-        self._refusal = grpc.unary_unary_rpc_method_handler(_refuse)
+        self._refusal: grpc.RpcMethodHandler[bytes, None] = grpc.unary_unary_rpc_method_handler(
+            _refuse
+        )
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler_call_details.method in OPEN_METHODS or self._authorized(
-            handler_call_details.invocation_metadata  # type: ignore[attr-defined]
+            handler_call_details.invocation_metadata
         ):
             return continuation(handler_call_details)
         return self._refusal

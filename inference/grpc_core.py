@@ -9,11 +9,9 @@ SERVER_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoin
 
 NOTE: with them on (grpcio's default), sockets are read and written by EventEngine's own
 threads, which then wake the thread polling the completion queue: one more thread hop per
-event. Off, the polling thread does the I/O itself. Measured with h2load on one pinned replica,
-alternating runs: 64-row RF at 16 clients 1,694 / 2,313 / 2,270 -> 2,462 / 2,444 / 2,148 req/s,
-single-row LR at 64 clients 3,194 / 4,465 / 3,491 -> 4,961 / 4,793 / 4,324 req/s (means +12 %
-and +26 %); a second set of three each: +15 % and +14 % on average.
-`GRPC_EXPERIMENTS=` (empty) restores grpcio's defaults.
+event. Off, the polling thread does the I/O itself, and a pinned replica serves more requests
+per second; the alternating runs that showed it are in benchmarks/README.md ("What changed,
+and what each change bought"). `GRPC_EXPERIMENTS=` (empty) restores grpcio's defaults.
 """
 
 

@@ -31,7 +31,7 @@ from mlops_core.errors import (
     ModelNotReady,
     ModelRuntimeError,
 )
-from mlops_core.fleet_state import CandidateRoute, ServedModel
+from mlops_core.fleet_state import CandidateRoute, ServedModel, version_key
 from mlops_core.signature import ModelSignature
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class ModelRepository:
             raise ModelNotReady(f"model {name!r} version {version!r} is still loading")
         raise ModelNotFound(
             f"model {name!r} has no version {version!r} loaded; loaded versions: "
-            f"{sorted(entry.versions, key=_version_key)}"
+            f"{sorted(entry.versions, key=version_key)}"
         )
 
     # NOTE: the readers below run on gRPC server threads while the event loop adds and removes
@@ -238,7 +238,7 @@ class ModelRepository:
         )
         served: dict[str, ServedModel] = {}
         for name, entry in entries:
-            loaded = sorted(entry.versions, key=_version_key)
+            loaded = sorted(entry.versions, key=version_key)
             route = entry.route
             served[name] = ServedModel(
                 active=entry.active.version if entry.active else None,
@@ -397,7 +397,7 @@ class ModelRepository:
         if keep is None:
             recent = [v for v in reversed(entry.recent) if v in entry.versions]
             others = sorted(
-                (v for v in entry.versions if v not in recent), key=_version_key, reverse=True
+                (v for v in entry.versions if v not in recent), key=version_key, reverse=True
             )
             keep = (recent + others)[: self.keep_versions]
         protected = {entry.active, entry.route.candidate if entry.route else None}
@@ -436,7 +436,3 @@ def _first_line(exc: Exception, limit: int = 500) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _version_key(version: str) -> int:
-    return int(version) if version.isdigit() else 0

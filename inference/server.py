@@ -105,8 +105,9 @@ class Replica:
         key = self.settings.api_key
         # NOTE: the synchronous server, not grpc.aio: each request is handled start to end on
         # one of its threads, where grpc.aio crosses from its poller thread to the event loop
-        # several times per call. With the replica pinned to one CPU, h2load on iris LR, same
-        # A/B run: p50 for a lone client 0.89 -> 0.37 ms, 64 clients 2,045 -> 3,683 req/s.
+        # several times per call, and each crossing is a thread wake-up. It lowered both the
+        # lone client's latency and the throughput ceiling; the A/B figures are in
+        # benchmarks/README.md ("What changed, and what each change bought").
         self.grpc_server = grpc.server(
             ThreadPoolExecutor(self.settings.grpc_threads, thread_name_prefix="grpc"),
             options=[
@@ -227,9 +228,9 @@ async def run_replica(settings: Settings, options: ReplicaOptions) -> None:
     starting = asyncio.create_task(replica.start())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if starting.done() and starting.exception() is not None:
+    if starting.done() and (failure := starting.exception()) is not None:
         await replica.stop(0)
-        raise starting.exception()  # type: ignore[misc]
+        raise failure
     await stopping
     starting.cancel()
     log.info("replica %s stopping", settings.replica_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mlops_core.errors import ModelNotFound
+from mlops_core.fleet_state import version_key
 from mlops_core.signature import MODEL_FILE
 
 
@@ -19,7 +20,7 @@ class ModelSource(Protocol):
 
 
 def is_version(name: str) -> bool:
-    return name.isdigit() and int(name) > 0
+    return name.isascii() and name.isdigit() and int(name) > 0
 
 
 def versions_on_disk(root: Path, name: str) -> list[str]:
@@ -30,7 +31,7 @@ def versions_on_disk(root: Path, name: str) -> list[str]:
     found = [
         p.name for p in directory.iterdir() if is_version(p.name) and (p / MODEL_FILE).is_file()
     ]
-    return sorted(found, key=int)
+    return sorted(found, key=version_key)
 
 
 def models_on_disk(root: Path) -> list[str]:

@@ -24,7 +24,7 @@ import xmlrpc.client
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -66,9 +66,12 @@ class Control:
     def processes(self) -> list[dict[str, Any]] | None:
         """supervisord's view of every program; None while it does not answer."""
         try:
-            return self.proxy.supervisor.getAllProcessInfo()  # type: ignore[no-any-return]
+            answer = self.proxy.supervisor.getAllProcessInfo()
         except (OSError, xmlrpc.client.Error, http.client.HTTPException):
             return None
+        # NOTE: XML-RPC answers are untyped; supervisord documents this one as an array of
+        # structs, one per process.
+        return cast(list[dict[str, Any]], answer)
 
 
 def process_name(info: Mapping[str, Any]) -> str:

@@ -33,6 +33,8 @@ from redis.exceptions import ResponseError, WatchError
 from mlops_core.errors import InvalidInput, RolloutTimeout
 
 log = logging.getLogger(__name__)
+# NOTE: redis-py types the asyncio client's hash commands as `Awaitable[T] | T`, which mypy
+# will not await (redis/redis-py#2399): each `type: ignore[misc]  # redis-py#2399` below is that.
 
 DESIRED_KEY = "mlops:fleet:desired"
 CHANGED_CHANNEL = "mlops:fleet:changed"
@@ -118,6 +120,21 @@ class VersionStats:
     """...and of those, the ones that agreed."""
     mirror_dropped: int = 0
     """Requests drawn for the mirror but not run, as the replica's mirror queue was full."""
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Sort key of model versions: by number, and anything that is not a version after them
+    all, by its text."""
+    # NOTE: isascii too: str.isdigit() accepts digits such as "²" that int() refuses.
+    return (int(version), "") if version.isascii() and version.isdigit() else (1 << 62, version)
+
+
+def next_desired(previous: DesiredModel | None, version: str, keep_versions: int) -> DesiredModel:
+    """The entry that makes `version` active (a deploy, a rollback): the versions `previous`
+    held stay warm, its active one first, `keep_versions` loaded in all at most."""
+    earlier = previous.versions() if previous else []
+    warm = [v for v in earlier if v != version][: max(keep_versions - 1, 0)]
+    return DesiredModel(active=version, warm=warm)
 
 
 @dataclass
@@ -223,7 +240,7 @@ async def set_desired(redis: Redis, model: str, desired: DesiredModel) -> None:
         parse_desired_model(raw)
     except ValueError as exc:
         raise InvalidInput(f"cannot record the desired state of {_shown(model)}: {exc}") from None
-    await redis.hset(DESIRED_KEY, model, raw)
+    await redis.hset(DESIRED_KEY, model, raw)  # type: ignore[misc]  # redis-py#2399
     await redis.publish(CHANGED_CHANNEL, model)
 
 
@@ -236,7 +253,7 @@ async def update_desired(
         while True:
             try:
                 await pipe.watch(DESIRED_KEY)
-                raw = await pipe.hget(DESIRED_KEY, model)
+                raw = await pipe.hget(DESIRED_KEY, model)  # type: ignore[misc]  # redis-py#2399
                 current: DesiredModel | None = None
                 if raw is not None:
                     with contextlib.suppress(ValueError):
@@ -259,14 +276,15 @@ async def update_desired(
 
 async def remove_desired(redis: Redis, model: str) -> None:
     """Stop serving a model everywhere."""
-    await redis.hdel(DESIRED_KEY, model)
+    await redis.hdel(DESIRED_KEY, model)  # type: ignore[misc]  # redis-py#2399
     await redis.publish(CHANGED_CHANNEL, model)
 
 
 async def get_desired(redis: Redis) -> DesiredState:
     """Every valid entry of the desired state; malformed ones are logged once and skipped."""
     try:
-        raw: dict[Any, Any] = await redis.hgetall(DESIRED_KEY)
+        raw: dict[Any, Any]
+        raw = await redis.hgetall(DESIRED_KEY)  # type: ignore[misc]  # redis-py#2399
     except ResponseError as exc:
         if not str(exc).startswith("WRONGTYPE"):
             raise
@@ -296,7 +314,7 @@ async def get_desired(redis: Redis) -> DesiredState:
 async def get_desired_model(redis: Redis, model: str) -> DesiredModel | None:
     """The model's entry; None when it has none, or a malformed one (logged once)."""
     try:
-        raw = await redis.hget(DESIRED_KEY, model)
+        raw = await redis.hget(DESIRED_KEY, model)  # type: ignore[misc]  # redis-py#2399
     except ResponseError as exc:
         if not str(exc).startswith("WRONGTYPE"):
             raise
@@ -410,27 +428,28 @@ async def wait_for_route(
         if route_applied(replicas, model, active, route):
             return replicas
         if time.monotonic() >= deadline:
-            seen = {
-                r.replica_id: (
-                    r.models[model].candidate.version
-                    if model in r.models and r.models[model].candidate
-                    else None,
-                    r.models[model].failed.get(route.version, "")
-                    if route and model in r.models
-                    else "",
-                )
-                for r in replicas
-            }
+            seen = {r.replica_id: _route_seen(r, model, route) for r in replicas}
             detail = (
                 f"replicas report (candidate, load failure) {seen}"
                 if replicas
-                else ("no live inference replica")
+                else "no live inference replica"
             )
             raise RolloutTimeout(
                 f"model {model!r}: candidate {route.version if route else None!r} not routed on "
                 f"every replica after {timeout_s:.0f}s: {detail}"
             )
         await asyncio.sleep(poll_s)
+
+
+def _route_seen(
+    report: ReplicaReport, model: str, route: CandidateRoute | None
+) -> tuple[str | None, str]:
+    """(the candidate a replica routes to, why the wanted one failed to load if it did)."""
+    served = report.models.get(model)
+    if served is None:
+        return None, ""
+    routed = served.candidate.version if served.candidate else None
+    return routed, served.failed.get(route.version, "") if route else ""
 
 
 def _text(value: str | bytes) -> str:

@@ -127,7 +127,13 @@ async def _append(
     script = redis.register_script(_APPEND)
     seq = 0
     for start in range(0, len(bodies), MAX_ENTRIES_PER_CALL):
-        args = [log_channel(pipeline_id), LOG_TTL_S, bounds.head, bounds.tail, bounds.kept]
+        args: list[str | int] = [
+            log_channel(pipeline_id),
+            LOG_TTL_S,
+            bounds.head,
+            bounds.tail,
+            bounds.kept,
+        ]
         args += [kind, stage, *bodies[start : start + MAX_ENTRIES_PER_CALL]]
         seq = int(await script(keys=_keys(pipeline_id), args=args))
     return seq

@@ -210,7 +210,7 @@ async def move_aliases(
         if version is not None
     ]
     # NOTE: a script, so two movers (the gateway and a driver) never lose each other's moves.
-    await redis.eval(
+    await redis.eval(  # type: ignore[misc]  # redis-py#2399
         _MERGE_PENDING, 1, ALIASES_PENDING_KEY, model, json.dumps(moves), json.dumps(tags)
     )
     await redis.publish(ALIASES_CHANGED_CHANNEL, model)

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     dev_mode: bool = Field(False, validation_alias=_env("MLOPS_DEV_MODE"))
     """Development mode: allows an empty webhook secret. Never set it in production."""
     log_level: str = Field("INFO", validation_alias=_env("MLOPS_LOG_LEVEL"))
+    """Log level of every service: `DEBUG`, `INFO`, `WARNING` or `ERROR`."""
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
     """Redis for queues, logs and the fleet's desired state. Unset: `make run` embeds one;
     an inference server without it runs standalone on its model repository."""
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field(
         "http://localhost:5000", validation_alias=_env("MLFLOW_TRACKING_URI")
     )
+    """MLflow tracking server: the worker records runs and registers versions there, replicas
+    fetch `models:/<name>/<version>` from it, the gateway lists versions. `make run` points it
+    at the server it starts."""
     secret_key: str | None = Field(None, validation_alias=_env("MLOPS_SECRET_KEY"))
     """Fernet key that encrypts repository tokens in the database; the gateway and the pipeline
     worker need the same one. Unset: a key kept in `<data_dir>/secret.key` (made on first use)."""
@@ -50,18 +54,22 @@ class Settings(BaseSettings):
     model_source: str = Field("directory", validation_alias=_env("MLOPS_MODEL_SOURCE"))
     """Where a replica fetches versions it lacks: `directory` (the repository) or `mlflow`."""
     grpc_host: str = Field("0.0.0.0", validation_alias=_env("MLOPS_GRPC_HOST"))
+    """Address of a replica's shared gRPC port, the one clients use."""
     grpc_port: int = Field(50051, validation_alias=_env("MLOPS_GRPC_PORT"))
+    """A replica's shared gRPC port; replicas on one machine all listen on it (SO_REUSEPORT)."""
     http_port: int = Field(8001, validation_alias=_env("MLOPS_HTTP_PORT"))
     """Replica HTTP port for `/health` and Prometheus `/metrics`."""
     replica_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         validation_alias=_env("MLOPS_REPLICA_ID"),
     )
+    """A replica's name in heartbeats and logs. Unset: `<hostname>-<pid>`."""
     max_message_bytes: int = Field(
         64 * 1024 * 1024, validation_alias=_env("MLOPS_MAX_MESSAGE_BYTES")
     )
     """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
     batching: bool = Field(True, validation_alias=_env("MLOPS_BATCHING"))
+    """Whether a replica may batch concurrent requests of one model at all."""
     max_batch_size: int = Field(64, validation_alias=_env("MLOPS_MAX_BATCH_SIZE"))
     """Rows gathered into one onnxruntime call at most (overridable per model)."""
     max_queue_delay_us: int = Field(0, validation_alias=_env("MLOPS_MAX_QUEUE_DELAY_US"))
@@ -77,30 +85,39 @@ class Settings(BaseSettings):
     """CPUs a replica runs on, as `taskset` writes them ("0", "0-3", "1,3"); empty: any.
     One CPU per replica, each its own, is fastest with several replicas on a small machine:
     a process's threads then never pass the GIL between cores."""
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop", validation_alias=_env("MLOPS_EVENT_LOOP")
-    )
-    """The event loop of a replica's control plane: loading, fleet reconcile, status HTTP."""
     keep_versions: int = Field(3, validation_alias=_env("MLOPS_KEEP_VERSIONS"))
     """Versions per model kept loaded (active included) so a rollback is an instant flip."""
     ort_intra_op_threads: int = Field(1, validation_alias=_env("MLOPS_ORT_INTRA_OP_THREADS"))
+    """onnxruntime threads within one call (intra-op) of a replica's models."""
     resync_interval_s: float = Field(5.0, validation_alias=_env("MLOPS_RESYNC_INTERVAL_S"))
+    """How often a replica re-reads the desired state without a pub/sub notice, so a missed
+    message heals itself."""
     heartbeat_interval_s: float = Field(1.0, validation_alias=_env("MLOPS_HEARTBEAT_INTERVAL_S"))
+    """How often a replica writes its heartbeat (what it serves)."""
     heartbeat_ttl_s: float = Field(5.0, validation_alias=_env("MLOPS_HEARTBEAT_TTL_S"))
+    """Lifetime of a replica's heartbeat: a replica silent this long no longer counts as live."""
 
     # --- pipeline worker ----------------------------------------------------------------
     github_base_url: str = Field("https://github.com", validation_alias=_env("GITHUB_BASE_URL"))
+    """Scheme, host and port that repository URLs must use; set it for GitHub Enterprise."""
     allow_local_repos: bool = Field(False, validation_alias=_env("MLOPS_ALLOW_LOCAL_REPOS"))
     """Accept `file://` URLs and plain paths as repositories (tests, air-gapped installs)."""
     clone_timeout_s: float = Field(120.0, validation_alias=_env("MLOPS_CLONE_TIMEOUT_S"))
+    """Longest git may take to fetch a pipeline's commit."""
     kernel_name: str = Field("python3", validation_alias=_env("MLOPS_KERNEL_NAME"))
+    """Jupyter kernel of the notebook; `python3` is the platform's own Python, even when its
+    venv is not activated."""
     kernel_start_timeout_s: float = Field(
         60.0, validation_alias=_env("MLOPS_KERNEL_START_TIMEOUT_S")
     )
+    """How long the notebook's kernel may take to start."""
     execution_timeout_s: float = Field(600.0, validation_alias=_env("MLOPS_EXECUTION_TIMEOUT_S"))
     """Longest a single notebook cell may run."""
     deploy_timeout_s: float = Field(60.0, validation_alias=_env("MLOPS_DEPLOY_TIMEOUT_S"))
+    """How long a rollout, rollback or model removal waits for every live replica; a pipeline's
+    rollout that does not finish in time restores the previous desired state."""
     worker_concurrency: int = Field(2, validation_alias=_env("MLOPS_WORKER_CONCURRENCY"))
+    """Pipelines one worker process runs at once."""
     pipeline_timeout_s: float = Field(3600.0, validation_alias=_env("MLOPS_PIPELINE_TIMEOUT_S"))
     """Longest a whole pipeline may run, all stages together, before it fails."""
     pipeline_max_attempts: int = Field(2, validation_alias=_env("MLOPS_PIPELINE_MAX_ATTEMPTS"))
@@ -163,7 +180,9 @@ class Settings(BaseSettings):
 
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = Field("0.0.0.0", validation_alias=_env("MLOPS_GATEWAY_HOST"))
+    """Address the gateway listens on."""
     gateway_port: int = Field(8000, validation_alias=_env("MLOPS_GATEWAY_PORT"))
+    """Port of the gateway: REST API, webhook and WebSocket."""
     predict_batches_in_flight: int = Field(
         4, validation_alias=_env("MLOPS_PREDICT_BATCHES_IN_FLIGHT")
     )
@@ -172,6 +191,8 @@ class Settings(BaseSettings):
     gateway_workers: int = Field(1, validation_alias=_env("MLOPS_GATEWAY_WORKERS"))
     """Gateway worker processes sharing its port; one process is bound to one core."""
     github_webhook_secret: str = Field("", validation_alias=_env("GITHUB_WEBHOOK_SECRET"))
+    """Secret of the GitHub webhook, checked against every delivery's signature. The gateway
+    refuses to start without it unless MLOPS_DEV_MODE is true; `make run` generates one."""
     api_key: str = Field("", validation_alias=_env("MLOPS_API_KEY"))
     """When set, every route but /health, /ready and the webhook needs `Bearer <key>`, and so
     does every replica RPC but the health ones (`authorization: Bearer <key>` metadata)."""

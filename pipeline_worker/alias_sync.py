@@ -61,7 +61,7 @@ def apply(client: MlflowClient, model: str, pending: dict[str, Any]) -> None:
 async def sync_once(redis: Redis, client: MlflowClient, failing: dict[str, str]) -> int:
     """One pass over the pending entries; returns how many were applied (or dropped)."""
     done = 0
-    entries: dict[Any, Any] = await redis.hgetall(ALIASES_PENDING_KEY)
+    entries: dict[Any, Any] = await redis.hgetall(ALIASES_PENDING_KEY)  # type: ignore[misc]  # redis-py#2399
     for raw_model, raw in entries.items():
         model = raw_model.decode() if isinstance(raw_model, bytes) else raw_model
         try:
@@ -75,7 +75,9 @@ async def sync_once(redis: Redis, client: MlflowClient, failing: dict[str, str])
             _warn_once(failing, model, f"{type(exc).__name__}: {exc}")
             continue
         failing.pop(model, None)
-        await redis.eval(_FORGET_IF_UNCHANGED, 1, ALIASES_PENDING_KEY, model, raw)
+        await redis.eval(  # type: ignore[misc]  # redis-py#2399
+            _FORGET_IF_UNCHANGED, 1, ALIASES_PENDING_KEY, model, raw
+        )
         done += 1
     return done
 

@@ -20,6 +20,7 @@ import json
 import re
 import socket
 import sys
+from typing import cast
 
 import redis
 from redis.exceptions import RedisError
@@ -42,10 +43,12 @@ def worker_ids_of_host(client: redis.Redis, hostname: str) -> list[str]:
     fresh = []
     for key in client.scan_iter(match=pattern, count=100):
         worker_id = key.decode().removeprefix(KEY_PREFIX)
-        if not own.fullmatch(worker_id) or client.pttl(key) <= 0:
+        # NOTE: redis-py types its sync and asyncio commands alike (`Awaitable | Any`); this
+        # client is the sync one, so each answer is the value itself.
+        if not own.fullmatch(worker_id) or cast(int, client.pttl(key)) <= 0:
             continue
         try:
-            beat = json.loads(client.get(key) or b"")
+            beat = json.loads(cast(bytes | None, client.get(key)) or b"")
         except ValueError:
             continue
         if isinstance(beat, dict) and beat.get("worker_id") == worker_id:

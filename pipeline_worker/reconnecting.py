@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from arq.worker import Worker, get_kwargs
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,15 +28,15 @@ MAX_PAUSE_S = 5.0
 
 
 class ReconnectingWorker(Worker):
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._away_since: float | None = None
         self._pause_s = FIRST_PAUSE_S
 
     @classmethod
     def from_settings(cls, settings: type) -> ReconnectingWorker:
         """Built from an arq `WorkerSettings` class, as `arq.run_worker` builds its Worker."""
-        return cls(**get_kwargs(settings))  # type: ignore[arg-type]
+        return cls(**get_kwargs(settings))
 
     async def _poll_iteration(self) -> None:
         try:

@@ -17,10 +17,8 @@ class PipelineJob:
 
     id: str
     status: str
-    attempts: int
     commit_sha: str
     branch: str
-    mlflow_run_id: str | None
     github_url: str | None
     notebook_path: str | None
     github_token: str | None
@@ -38,10 +36,8 @@ def load(sessions: sessionmaker[Session], pipeline_id: str) -> PipelineJob | Non
         return PipelineJob(
             id=pipeline.id,
             status=pipeline.status,
-            attempts=pipeline.attempts or 0,
             commit_sha=pipeline.commit_sha or "",
             branch=pipeline.branch or (repo.branch if repo else ""),
-            mlflow_run_id=pipeline.mlflow_run_id,
             github_url=repo.github_url if repo else None,
             notebook_path=repo.notebook_path if repo else None,
             github_token=repo.github_token if repo else None,

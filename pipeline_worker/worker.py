@@ -178,7 +178,9 @@ async def deploy_version(
     """Deploy at once, or start a canary or shadow rollout (returned, to be driven) when the
     policy says so and a champion serves to compare with."""
     deps, settings = run.deps, run.deps.settings
-    policy = notebook_policy or await asyncio.to_thread(rollouts.get_policy, deps.sessions, model)
+    policy = notebook_policy
+    if policy is None:
+        policy = await asyncio.to_thread(rollouts.get_policy, deps.sessions, model)
     champion = await fleet_state.get_desired_model(deps.redis, model)
     if policy.progressive and champion is not None and champion.active != version:
         return await rollout.start(run.rollout_run(), model, version, champion, policy, run.job.id)
@@ -396,12 +398,12 @@ _settings = get_settings()
 class WorkerSettings:
     """For `python -m pipeline_worker` and `arq pipeline_worker.worker.WorkerSettings`."""
 
-    functions = [func(run_pipeline, name=pipeline_queue.JOB_NAME)]  # type: ignore[arg-type]
+    functions = [func(run_pipeline, name=pipeline_queue.JOB_NAME)]
     # Every 15 s: a pipeline whose worker died on another host is retried within TTL + 15 s.
     # Every 15 s too, between those: pipelines queued in the database whose job Redis lacks.
     cron_jobs = [
-        cron(recover, second={0, 15, 30, 45}, unique=True),  # type: ignore[arg-type]
-        cron(requeue_stranded, second={7, 22, 37, 52}, unique=True),  # type: ignore[arg-type]
+        cron(recover, second={0, 15, 30, 45}, unique=True),
+        cron(requeue_stranded, second={7, 22, 37, 52}, unique=True),
     ]
     queue_name = pipeline_queue.QUEUE_NAME
     redis_settings = pipeline_queue.redis_settings(_settings.redis_url or "redis://localhost:6379")

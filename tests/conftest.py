@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from benchmarks import iris_models
+from benchmarks.processes import VENV_BIN, ManagedProcess, free_port, port_open
 from tests.support import onnx_models
-from tests.support.processes import VENV_BIN, ManagedProcess, free_port, port_open
 
 
 @pytest.fixture(scope="session")

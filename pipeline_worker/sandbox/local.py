@@ -39,7 +39,9 @@ def python_dirs() -> list[str]:
     import pipeline_worker
 
     dirs = {sys.base_prefix, sys.prefix, str(Path(sys.executable).resolve().parents[1])}
-    dirs.update(str(Path(p.__file__).resolve().parent) for p in (mlops_core, pipeline_worker))
+    dirs.update(
+        str(Path(folder).resolve()) for p in (mlops_core, pipeline_worker) for folder in p.__path__
+    )
     return sorted(dirs)
 
 

@@ -8,7 +8,6 @@ the fetch commands: it reaches git through `GIT_CONFIG_*` variables of those com
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 from mlops_core.db import PipelineStatus
 from mlops_core.errors import PipelineError, TokenUnreadable
+from mlops_core.git_env import git_environment
 from mlops_core.settings import Settings
 from mlops_core.token_vault import InvalidSecretKey, TokenVault, is_sealed
 from pipeline_worker.scrub import Redactor
@@ -67,34 +67,19 @@ def clone_url(github_url: str, settings: Settings) -> str:
     raise PipelineError(STAGE, f"cannot clone {url!r}: not a repository URL")
 
 
-def git_environment(token: str | None) -> dict[str, str]:
-    """Environment for one git command: never prompt, and send the token as a header."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
-    }
-    env.update(
-        GIT_TERMINAL_PROMPT="0",
-        GIT_ASKPASS="true",
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_PROTOCOL="version=2",
-        # NOTE: protocol.file.allow keeps the file:// transport usable under newer git
-        # defaults; whether local URLs are allowed at all was decided by `clone_url`.
-        GIT_CONFIG_COUNT="2",
-        GIT_CONFIG_KEY_0="protocol.file.allow",
-        GIT_CONFIG_VALUE_0="always",
-        GIT_CONFIG_KEY_1="advice.detachedHead",
-        GIT_CONFIG_VALUE_1="false",
-    )
-    if token:
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        env.update(
-            GIT_CONFIG_COUNT="3",
-            GIT_CONFIG_KEY_2="http.extraHeader",
-            GIT_CONFIG_VALUE_2=f"Authorization: Basic {basic}",
-        )
-    return env
+CLONE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+"""What the clone's git commands see of the worker's environment."""
+
+
+def clone_environment(token: str | None) -> dict[str, str]:
+    """Environment for one git command of the clone: the worker's secrets stay out of it, and
+    the token (when given) is sent as a header."""
+    base = {k: v for k, v in os.environ.items() if k in CLONE_ENV_NAMES}
+    base |= {"GIT_CONFIG_NOSYSTEM": "1", "GIT_PROTOCOL": "version=2"}
+    # NOTE: protocol.file.allow keeps the file:// transport usable under newer git defaults;
+    # whether local URLs are allowed at all was decided by `clone_url`.
+    config = {"protocol.file.allow": "always", "advice.detachedHead": "false"}
+    return git_environment(base, token, config)
 
 
 def open_token(stored: str | None, settings: Settings) -> str | None:
@@ -155,7 +140,7 @@ async def clone(
     def scrub(text: str) -> str:
         return token_mask(redact(text) if redact else text)
 
-    env, fetch_env = git_environment(None), git_environment(plain_token)
+    env, fetch_env = clone_environment(None), clone_environment(plain_token)
     await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
     wanted = (commit_sha or "").strip().lower()
     target = wanted if SHA.match(wanted) else f"refs/heads/{branch}"

@@ -19,13 +19,6 @@ STAGE = PipelineStatus.DEPLOYING
 LogFn = Callable[[str], Awaitable[None]]
 
 
-def next_desired(previous: DesiredModel | None, version: str, keep_versions: int) -> DesiredModel:
-    """`version` active; the previously desired versions warm, newest first, within the bound."""
-    earlier = previous.versions() if previous else []
-    warm = [v for v in earlier if v != version][: max(keep_versions - 1, 0)]
-    return DesiredModel(active=version, warm=warm)
-
-
 async def deploy(
     redis: Redis,
     model: str,
@@ -36,7 +29,7 @@ async def deploy(
     log: LogFn,
 ) -> list[ReplicaReport]:
     previous = await fleet_state.get_desired_model(redis, model)
-    desired = next_desired(previous, version, keep_versions)
+    desired = fleet_state.next_desired(previous, version, keep_versions)
     await fleet_state.set_desired(redis, model, desired)
     await log(f"desired state of {model}: active {desired.active}, warm {desired.warm}")
     try:

@@ -113,15 +113,16 @@ def _literal_assignments(source: str) -> dict[str, Any]:
         ) from None
     values: dict[str, Any] = {}
     for node in tree.body:
-        targets: list[ast.expr] = []
         if isinstance(node, ast.Assign):
-            targets = node.targets
+            targets, value = node.targets, node.value
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets = [node.target]
+            targets, value = [node.target], node.value
+        else:
+            continue
         for target in targets:
             if isinstance(target, ast.Name):
                 try:
-                    values[target.id] = ast.literal_eval(node.value)  # type: ignore[arg-type]
+                    values[target.id] = ast.literal_eval(value)
                 except ValueError:
                     values.pop(target.id, None)
     return values

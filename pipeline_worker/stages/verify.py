@@ -75,8 +75,8 @@ def sample_rows(model: Any, sample_path: Path | None, seed: int = 0) -> tuple[np
     bounds = _training_range(model)
     if bounds is not None:
         low, high = bounds
-        rows = rng.uniform(low, high, size=(GENERATED_ROWS, n_features))
-        return rows.astype(np.float32), "training range"
+        generated = rng.uniform(low, high, size=(GENERATED_ROWS, n_features))
+        return generated.astype(np.float32), "training range"
     return rng.standard_normal((GENERATED_ROWS, n_features)).astype(np.float32), "standard normal"
 
 

@@ -4,7 +4,6 @@ parsing of h2load's and wrk's output into a cell's figures."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +21,7 @@ from benchmarks.h2load import (
     parse_summary,
     read_log,
 )
+from benchmarks.tools import ToolMissing, find_tools
 from benchmarks.wrk import RESULT_MARK, lua_script, parse_result, run_wrk
 from benchmarks.wrk import measurement_of as wrk_measurement
 from mlops_core.protocol import open_inference_pb2 as pb
@@ -105,8 +105,7 @@ def test_wrk_script_posts_the_body_and_reports_json():
     assert (measured.rps, measured.errors, measured.p99_ms) == (2000.0, 3, 9.0)
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
-def test_wrk_runs_the_script_against_a_real_http_server(tmp_path: Path):
+def test_wrk_runs_the_script_against_a_real_http_server(tmp_path: Path, native_tools):
     seen: list[tuple[str, str, bytes]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -129,9 +128,19 @@ def test_wrk_runs_the_script_against_a_real_http_server(tmp_path: Path):
     body = '{"data": [[5.1, 3.5, 1.4, 0.2]], "note": "a \\"quote\\""}'
     try:
         url = f"http://127.0.0.1:{server.server_port}/models/iris/predict"
-        measured = run_wrk("wrk", url, body, concurrency=2, duration_s=1, warmup_s=0)
+        measured = run_wrk(native_tools["wrk"], url, body, concurrency=2, duration_s=1, warmup_s=0)
     finally:
         server.shutdown()
         server.server_close()
     assert measured.requests > 0 and measured.errors == 0
     assert seen[0] == ("/models/iris/predict", "application/json", body.encode())
+
+
+def test_a_missing_client_is_named_with_the_command_that_installs_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolMissing) as missing:
+        find_tools("h2load", "wrk")
+    assert str(missing.value) == (
+        "h2load, wrk not found: run `make bench-deps` "
+        "(apt-get install -y nghttp2-client wrk, Debian/Ubuntu)"
+    )

@@ -3,8 +3,6 @@ second: the framing is right when the server answers, and its errors are seen.""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from benchmarks import iris_models
@@ -12,8 +10,6 @@ from benchmarks.cells import Load, grpc_request, validate_grpc
 from benchmarks.h2load import run_h2load
 from benchmarks.measure import CpuMeter
 from benchmarks.peers import start_baseline
-
-pytestmark = pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed")
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +21,13 @@ def baseline(tmp_path_factory: pytest.TempPathFactory):
     group.stop()
 
 
-def test_h2load_calls_succeed_and_are_counted(baseline):
+def test_h2load_calls_succeed_and_are_counted(native_tools, baseline):
     request = grpc_request(Load("lr", "grpc", "iris-lr", rows=1, concurrency=4))
     checked = validate_grpc(baseline.grpc_target, request, rows=1)
     assert checked["outputs"] == ["label", "probabilities"]
     meter = CpuMeter(baseline.pids())
     measured = run_h2load(
-        "h2load",
+        native_tools["h2load"],
         baseline.grpc_target,
         request.SerializeToString(),
         concurrency=4,
@@ -46,12 +42,12 @@ def test_h2load_calls_succeed_and_are_counted(baseline):
     assert cpu["baseline"] > 0, "the server's CPU during the cell is recorded"
 
 
-def test_grpc_errors_show_as_missing_bytes(baseline):
+def test_grpc_errors_show_as_missing_bytes(native_tools, baseline):
     good = grpc_request(Load("lr", "grpc", "iris-lr", rows=1, concurrency=1))
     size = validate_grpc(baseline.grpc_target, good, rows=1)["response_bytes"] + 5
     unknown = grpc_request(Load("x", "grpc", "no-such-model", rows=1, concurrency=1))
     measured = run_h2load(
-        "h2load", baseline.grpc_target, unknown.SerializeToString(), 2, 0.3, 0.1, size
+        native_tools["h2load"], baseline.grpc_target, unknown.SerializeToString(), 2, 0.3, 0.1, size
     )
     assert measured.requests > 0
     assert measured.errors == measured.requests, "HTTP said 200; the missing answers tell"

@@ -14,19 +14,14 @@ from mlops_core.settings import Settings
 from pipeline_worker.sandbox import BOX_WORKDIR, BoxJob, Limits
 from pipeline_worker.sandbox.kubernetes import render_job
 
-DEFAULTS = Settings(_env_file=None, redis_url=None)  # type: ignore[call-arg]
-SETTING_NAMES = {
-    info.validation_alias.choices[0]  # type: ignore[union-attr]
-    for info in Settings.model_fields.values()
-}
+DEFAULTS = Settings(_env_file=None, redis_url=None)
+SETTING_NAMES = {info.validation_alias.choices[0] for info in Settings.model_fields.values()}
 SECRET_NAMES = {"GITHUB_WEBHOOK_SECRET", "MLOPS_API_KEY"}
 """The gateway's secrets."""
 REPLICA_SECRET_NAMES = {"MLOPS_API_KEY"}
 """The gateway's secrets a replica gets too: native gRPC clients reach it directly, so it
 checks the same API key (`inference.api_key`)."""
-SANDBOX_SETTINGS = Settings(  # type: ignore[call-arg]
-    _env_file=None, redis_url=None, data_dir="/data", sandbox="kubernetes"
-)
+SANDBOX_SETTINGS = Settings(_env_file=None, redis_url=None, data_dir="/data", sandbox="kubernetes")
 """The worker's settings under deploy/kubernetes (config.yaml's MLOPS_DATA_DIR)."""
 SANDBOX_IMAGE = "registry.example/mlops-platform:1.4.2"
 

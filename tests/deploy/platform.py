@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.processes import REPO_ROOT, VENV_BIN, ManagedProcess, free_port
 from tests.deploy.proctree import descendants
-from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, free_port
 
 READY_LINE = "platform ready in"
 

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from benchmarks.processes import REPO_ROOT
 from launcher.readiness import HttpReady
 from tests.deploy.manifests import (
     DEFAULTS,
@@ -21,7 +22,6 @@ from tests.deploy.manifests import (
     python_module,
     worker_probe,
 )
-from tests.support.processes import REPO_ROOT
 
 APP_SERVICES = ("mlflow", "inference", "worker", "gateway")
 ALL_SECRETS = SECRET_NAMES | {"MLOPS_SECRET_KEY"}

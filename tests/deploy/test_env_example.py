@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from benchmarks.processes import REPO_ROOT
 from mlops_core.settings import Settings
-from tests.support.processes import REPO_ROOT
 
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
@@ -15,7 +15,7 @@ LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
 
 def env_name(field: str) -> str:
     alias = Settings.model_fields[field].validation_alias
-    return alias.choices[0]  # type: ignore[union-attr]
+    return alias.choices[0]
 
 
 def listed() -> dict[str, tuple[bool, str]]:
@@ -46,8 +46,8 @@ def test_only_settings_without_a_fixed_default_are_commented_out() -> None:
 def test_loading_it_gives_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for field in Settings.model_fields:
         monkeypatch.delenv(env_name(field), raising=False)
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
-    loaded = Settings(_env_file=ENV_EXAMPLE)  # type: ignore[call-arg]
+    defaults = Settings(_env_file=None)
+    loaded = Settings(_env_file=ENV_EXAMPLE)
     differ = {
         env_name(field): (getattr(loaded, field), getattr(defaults, field))
         for field in Settings.model_fields

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from benchmarks.processes import REPO_ROOT
 from mlops_core import worker_heartbeat
 from pipeline_worker.probe import TIMEOUT_S as PROBE_TIMEOUT_S
 from pipeline_worker.sandbox.kubernetes import COMPONENT_LABEL, NETWORK_LABEL
@@ -24,7 +25,6 @@ from tests.deploy.manifests import (
     sandbox_job_manifest,
     worker_probe,
 )
-from tests.support.processes import REPO_ROOT
 
 FOLDER = REPO_ROOT / "deploy" / "kubernetes"
 

@@ -10,9 +10,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from benchmarks.processes import REPO_ROOT
 from gateway.github_events import PushEvent
 from gateway.repo_urls import normalize_clone_url
-from tests.support.processes import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "test_pipeline.sh"
 HEADER = "\nX-Hub-Signature-256: "

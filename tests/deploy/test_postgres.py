@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.processes import ManagedProcess, free_port, port_open
 from mlops_core.db import (
     Pipeline,
     PipelineStatus,
@@ -21,7 +22,6 @@ from mlops_core.db import (
     make_session_factory,
     session_scope,
 )
-from tests.support.processes import ManagedProcess, free_port, port_open
 
 BIN = Path("/usr/lib/postgresql")
 

@@ -12,6 +12,7 @@ import pytest
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ServerOptions, UnhosedConfigParser
 
+from benchmarks.processes import REPO_ROOT, free_port
 from launcher.readiness import HttpReady, RedisReady, redact
 from launcher.services import (
     Service,
@@ -30,13 +31,12 @@ from launcher.supervisord_conf import (
     render,
 )
 from mlops_core.settings import Settings
-from tests.support.processes import REPO_ROOT, free_port
 
 
 def settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {"data_dir": tmp_path, "redis_url": None}
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def by_name(services: list[Service]) -> dict[str, Service]:

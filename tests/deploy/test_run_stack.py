@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
+from benchmarks.processes import port_open
 from tests.deploy.platform import Platform, platform_env
 from tests.deploy.proctree import survivors
-from tests.support.processes import port_open
 
 
 def assert_all_gone(platform: Platform, tree: dict[int, int], ports: list[int]) -> None:

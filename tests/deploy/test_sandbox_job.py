@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from benchmarks.processes import REPO_ROOT
 from mlops_core.settings import Settings
 from pipeline_worker.sandbox import BOX_WORKDIR, BoxJob, Limits, SandboxUnavailable
 from pipeline_worker.sandbox.kubernetes import (
@@ -42,7 +43,6 @@ from tests.deploy.manifests import (
     sandbox_box_job,
     sandbox_job_manifest,
 )
-from tests.support.processes import REPO_ROOT
 
 MIB = 1024 * 1024
 
@@ -432,7 +432,7 @@ def credentials(tmp_path: Path, token: str = TOKEN) -> Path:
 def sandbox_for(tmp_path: Path, api_url: str, **settings: Any) -> KubernetesSandbox:
     values = {"data_dir": tmp_path / "data", "sandbox": "kubernetes", **settings}
     sandbox = KubernetesSandbox(
-        Settings(_env_file=None, redis_url=None, **values),  # type: ignore[call-arg]
+        Settings(_env_file=None, redis_url=None, **values),
         api_url=api_url,
         credentials=credentials(tmp_path),
     )
@@ -663,7 +663,7 @@ async def test_a_work_directory_off_the_claim_fails_the_run_clearly(
 
 
 async def test_outside_a_cluster_it_is_unavailable_and_says_what_to_do(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, redis_url=None, sandbox="kubernetes")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, redis_url=None, sandbox="kubernetes")
     sandbox = KubernetesSandbox(settings, credentials=tmp_path / "no-such-dir")
     reason = sandbox.unavailable_reason()
     assert reason is not None

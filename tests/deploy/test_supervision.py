@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.processes import port_open
 from launcher.output import SUPERVISORD_DATE, Console, FollowedLog
 from tests.deploy.platform import Platform, platform_env
 from tests.deploy.proctree import descendants, find, survivors
-from tests.support.processes import port_open
 
 RESTART_BUDGET_S = 20
 
@@ -81,7 +81,7 @@ def wait_for(condition: object, timeout_s: float, what: str, platform: Platform)
     while time.monotonic() - started < timeout_s:
         assert platform.process.alive(), f"the launcher exited:\n{platform.output()[-3000:]}"
         try:
-            if condition():  # type: ignore[operator]
+            if condition():
                 return time.monotonic() - started
         except httpx.HTTPError:
             pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nbformat
 
-from tests.support.processes import REPO_ROOT
+from benchmarks.processes import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "notebooks" / "example_notebook.ipynb"
 PATH = "notebooks/example_notebook.ipynb"

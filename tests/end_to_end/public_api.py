@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import websockets
 
-from tests.support.processes import REPO_ROOT
+from benchmarks.processes import REPO_ROOT
 
 
 @dataclass

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.processes import REPO_ROOT, ManagedProcess, port_open
 from tests.deploy.platform import READY_LINE, platform_env
 from tests.deploy.proctree import descendants, survivors
-from tests.support.processes import REPO_ROOT, ManagedProcess, port_open
 
 WEBHOOK_SECRET = "end-to-end-webhook-secret"
 READY_TIMEOUT_S = 170

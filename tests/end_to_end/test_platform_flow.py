@@ -23,12 +23,12 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.processes import REPO_ROOT
 from tests.end_to_end import notebooks
 from tests.end_to_end.conftest import StackFactory
 from tests.end_to_end.public_api import grpc_predict, predict_load_around, watch_pipeline
 from tests.end_to_end.stack import WEBHOOK_SECRET, Stack, stack_env
 from tests.gateway.conftest import LocalRepo, git, make_local_repo, signed_post
-from tests.support.processes import REPO_ROOT
 
 MODEL = "iris-classifier"
 """MODEL_NAME in the example notebook."""

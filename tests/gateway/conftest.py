@@ -17,11 +17,11 @@ import httpx
 import pytest
 import redis as sync_redis
 
+from benchmarks.processes import VENV_BIN, ManagedProcess, free_port
 from mlops_core import fleet_state
 from mlops_core.db import make_engine, make_session_factory
 from mlops_core.pipeline_queue import QUEUE_NAME
 from tests.conftest import InferenceServer, StartInference, new_redis_db
-from tests.support.processes import VENV_BIN, ManagedProcess, free_port
 
 SECRET = "gateway-test-webhook-secret"
 API_KEY = "gateway-test-api-key"

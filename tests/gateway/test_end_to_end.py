@@ -15,6 +15,7 @@ import nbformat
 import pytest
 import websockets
 
+from benchmarks.processes import ManagedProcess
 from tests.conftest import InferenceServer, StartInference, new_redis_db
 from tests.gateway.conftest import (
     API_KEY,
@@ -25,7 +26,6 @@ from tests.gateway.conftest import (
     make_local_repo,
     signed_post,
 )
-from tests.support.processes import ManagedProcess
 
 MODEL = "gw-e2e"
 NOTEBOOK_PATH = "notebooks/train.ipynb"

@@ -16,11 +16,11 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from benchmarks import iris_models
+from benchmarks.processes import VENV_BIN
 from mlops_core import fleet_state, worker_heartbeat
 from mlops_core.fleet_state import DesiredModel
 from tests.conftest import InferenceServer, StartInference, new_redis_db
 from tests.gateway.conftest import Gateway, fleet_target, gateway_env, launch_gateway, start_fleet
-from tests.support.processes import VENV_BIN
 
 X, _ = iris_models.iris()
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.processes import ManagedProcess
 from gateway.routes.pipelines import NO_WORKER
 from tests.conftest import new_redis_db
 from tests.gateway.conftest import Gateway, gateway_env, launch_gateway, make_local_repo
-from tests.support.processes import ManagedProcess
 
 
 @pytest.fixture(scope="module")

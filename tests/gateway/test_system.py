@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.processes import free_port
 from tests.conftest import new_redis_db
 from tests.gateway.conftest import (
     API_KEY,
@@ -16,7 +17,6 @@ from tests.gateway.conftest import (
     launch_gateway,
     run_gateway_briefly,
 )
-from tests.support.processes import free_port
 
 
 def test_health_needs_no_key(gateway: Gateway):

@@ -71,7 +71,7 @@ def start_gateway(run_dir: Path, name: str, data_dir: Path, redis_url: str, host
 
 
 def worker_settings(data_dir: Path, host: GitHost, **values: Any) -> Settings:
-    return Settings(_env_file=None, data_dir=data_dir, github_base_url=host.url, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, data_dir=data_dir, github_base_url=host.url, **values)
 
 
 def register(gateway: Gateway, token: str) -> dict:
@@ -211,14 +211,14 @@ def test_the_key_file_is_private_kept_and_shared(tmp_path: Path):
     assert read_or_create_key(path) == key
     assert [p.name for p in path.parent.iterdir()] == [KEY_FILE]  # no draft left behind
 
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
     sealed = TokenVault.from_settings(settings).seal(TOKEN)
     assert sealed.startswith("fernet:") and TOKEN not in sealed
     assert TokenVault.from_settings(settings).open(sealed) == TOKEN
     assert TokenVault.from_settings(settings).open(LEGACY_TOKEN) == LEGACY_TOKEN
 
     given = Fernet.generate_key().decode()
-    configured = Settings(_env_file=None, data_dir=tmp_path / "other", secret_key=given)  # type: ignore[call-arg]
+    configured = Settings(_env_file=None, data_dir=tmp_path / "other", secret_key=given)
     assert TokenVault.from_settings(configured).source == "MLOPS_SECRET_KEY"
     assert not (tmp_path / "other").exists()
     with pytest.raises(TokenUnreadable, match="key from MLOPS_SECRET_KEY"):

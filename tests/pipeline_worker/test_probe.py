@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from benchmarks.processes import free_port
 from mlops_core import worker_heartbeat
 from mlops_core.worker_heartbeat import KEY_PREFIX, WorkerBeat
 from pipeline_worker.probe import FRESH, NO_HEARTBEAT, REDIS_AWAY
-from tests.support.processes import free_port
 
 HOST = socket.gethostname()
 

@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
 from sqlalchemy.orm import Session, sessionmaker
 
+from benchmarks.processes import ManagedProcess
 from mlops_core import logstream, pipeline_queue
 from mlops_core.db import (
     Pipeline,
@@ -39,7 +40,6 @@ from tests.gateway.conftest import (
 )
 from tests.pipeline_worker.support import NO_SKLEARN, contract_notebook, wait_for_status
 from tests.pipeline_worker.test_probe import run_probe
-from tests.support.processes import ManagedProcess
 from tests.support.restartable_redis import RestartableRedis
 
 

@@ -22,9 +22,9 @@ from mlops_core.errors import PipelineError
 from mlops_core.fleet_state import DesiredModel
 from mlops_core.settings import Settings
 from pipeline_worker.scrub import Redactor, box_environment, secret_values
-from pipeline_worker.stages.clone import clone, clone_url, git_environment
+from pipeline_worker.stages.clone import clone, clone_environment, clone_url
 from pipeline_worker.stages.convert import convert
-from pipeline_worker.stages.deploy import deploy, next_desired
+from pipeline_worker.stages.deploy import deploy
 from pipeline_worker.stages.validate import notebook_file, validate
 from pipeline_worker.stages.verify import sample_rows, verify
 from tests.conftest import new_redis_db
@@ -125,7 +125,8 @@ def test_urls_with_credentials_are_refused_and_owner_name_uses_the_base_url():
 
 
 def test_the_token_travels_as_a_git_header_never_in_the_url():
-    env = git_environment("ghp_secret123")
+    env = clone_environment("ghp_secret123")
+    assert env["GIT_CONFIG_COUNT"] == "3"
     assert env["GIT_CONFIG_KEY_2"] == "http.extraHeader"
     assert env["GIT_CONFIG_VALUE_2"].startswith("Authorization: Basic ")
     assert "ghp_secret123" not in json.dumps(env)  # base64-encoded, and only in this env
@@ -247,8 +248,16 @@ def test_sample_rows_from_the_notebook_must_fit_the_model(tmp_path: Path):
 
 def test_next_desired_keeps_earlier_versions_warm_within_the_bound():
     previous = DesiredModel(active="3", warm=["2", "1"])
+    next_desired = fleet_state.next_desired
     assert next_desired(previous, "4", keep_versions=3) == DesiredModel("4", ["3", "2"])
     assert next_desired(None, "1", keep_versions=3) == DesiredModel("1", [])
+    assert next_desired(previous, "2", keep_versions=3) == DesiredModel("2", ["3", "1"]), "rollback"
+    assert next_desired(previous, "5", keep_versions=1) == DesiredModel("5", [])
+
+
+def test_versions_sort_by_number_and_anything_else_last():
+    versions = ["10", "x", "2", "²", "1"]
+    assert sorted(versions, key=fleet_state.version_key) == ["1", "2", "10", "x", "²"]
 
 
 async def test_rollout_timeout_restores_the_previous_version(redis_url: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.support.processes import ManagedProcess, free_port, port_open
+from benchmarks.processes import ManagedProcess, free_port, port_open
 
 
 class RestartableRedis:

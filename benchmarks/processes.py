@@ -1,26 +1,47 @@
-"""Start real server processes on free ports, wait for them, and stop them by PID."""
+"""Start real server processes on free ports, wait for them, and stop them by PID: what the
+benchmarks and the tests both run (the platform's own processes, Redis, peers)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks.servers import free_port, port_open
-
-__all__ = ["REPO_ROOT", "VENV_BIN", "ManagedProcess", "free_port", "port_open"]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 class ManagedProcess:
-    """A child process in its own process group, with its output in a log file."""
+    """A child process in its own process group (so stopping it stops its children too), with
+    its output in a log file, this interpreter's bin folder first on PATH and the checkout as
+    its working folder unless told otherwise (so `python -m benchmarks...` finds the tools)."""
 
     def __init__(
         self,
