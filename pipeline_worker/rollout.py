@@ -273,9 +273,7 @@ async def _end(
         keep = run.settings.keep_versions
 
         def promoted(current: DesiredModel | None) -> DesiredModel:
-            earlier = current.versions() if current else [record.champion]
-            warm = [v for v in earlier if v != candidate][: max(keep - 1, 0)]
-            return DesiredModel(active=candidate, warm=warm)
+            return fleet_state.next_desired(current, candidate, keep)
 
         await fleet_state.update_desired(run.redis, model, promoted)
         try:
