@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -20,6 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlops_core.db import AliasEvent, PolicyRow, RolloutRow, session_scope, utcnow
+from mlops_core.fleet_state import VersionStats
+from mlops_core.rollout_analysis import Counters
 from mlops_core.rollout_policy import DEFAULT_POLICY, RolloutPolicy, Strategy
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -70,7 +73,7 @@ class RolloutRecord(BaseModel):
     step: int = 0
     steps: list[Step]
     decisions: list[Decision] = Field(default_factory=list)
-    baseline: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    baseline: Counters = Field(default_factory=dict, exclude=True)
     """The replicas' counters when the current step started (kept for a resumed driver)."""
 
     @property
@@ -102,7 +105,11 @@ def put_policy(sessions: sessionmaker[Session], model: str, policy: RolloutPolic
 
 
 def save(sessions: sessionmaker[Session], record: RolloutRecord) -> None:
-    raw = {**record.model_dump(mode="json"), "baseline": record.baseline}
+    baseline = {
+        replica: {version: asdict(stats) for version, stats in versions.items()}
+        for replica, versions in record.baseline.items()
+    }
+    raw = {**record.model_dump(mode="json"), "baseline": baseline}
     with session_scope(sessions) as session:
         row = session.get(RolloutRow, record.id)
         if row is None:
@@ -124,8 +131,12 @@ def save(sessions: sessionmaker[Session], record: RolloutRecord) -> None:
 
 
 def _record(row: RolloutRow) -> RolloutRecord:
-    record = RolloutRecord.model_validate(row.record)
-    record.baseline = row.record.get("baseline", {})
+    fields = {k: v for k, v in row.record.items() if k != "baseline"}
+    record = RolloutRecord.model_validate(fields)
+    record.baseline = {
+        replica: {version: VersionStats(**stats) for version, stats in versions.items()}
+        for replica, versions in row.record.get("baseline", {}).items()
+    }
     return record
 
 

@@ -215,7 +215,7 @@ def test_rollouts(rollout_stack: Stack, tmp_path: Path) -> None:
     pipeline, rest, grpc_load = push_under_load(
         stack, api, repo, notebooks.retuned(0.5, "1.1.0"), "retuned"
     )
-    assert pipeline["status"] == "succeeded", pipeline
+    assert pipeline["status"] == "succeeded", (pipeline["error"], pipeline["rollout"])
     assert pipeline["rollout"]["state"] == "promoted", pipeline
     assert rest.failures() == [] and grpc_load.failures == []
     rest_versions = Counter(a.version for a in rest.answers)
