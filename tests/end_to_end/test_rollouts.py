@@ -283,6 +283,40 @@ def test_rollouts(rollout_stack: Stack, tmp_path: Path) -> None:
     assert [d["action"] for d in record["decisions"]] == ["hold", "abort"], record["decisions"]
     assert predict_version(api) == "2"
 
+    # --- by hand: promote a running canary; a rollback during one aborts it ---
+    put_policy(api, {**FAST_CANARY, "step_interval_s": 600, "max_hold_s": 600})
+    sha = repo.commit({notebooks.PATH: notebooks.retuned(3.0, "4.0.0")})
+    promoted, _ = push(api, repo, sha, modified=[notebooks.PATH])
+    current = wait_current(api, "6")
+    assert current["steps"][0]["weight"] == 0.1 and current["state"] == "running"
+    by_hand = api.post(f"/models/{MODEL}/rollouts/current/promote")
+    assert by_hand.status_code == 200 and by_hand.json()["state"] == "promoted", by_hand.text
+    assert wait_pipeline(api, promoted)["status"] == "succeeded"
+    assert predict_version(api) == "6" and champion_alias(stack, want="6") == "6"
+
+    sha = repo.commit({notebooks.PATH: notebooks.retuned(4.0, "5.0.0")})
+    rolled, _ = push(api, repo, sha, modified=[notebooks.PATH])
+    wait_current(api, "7")
+    back = api.post(f"/models/{MODEL}/rollback", json={"version": "2"})
+    assert back.status_code == 200, back.text
+    pipeline = wait_pipeline(api, rolled)
+    assert pipeline["status"] == "failed" and pipeline["rollout"]["state"] == "aborted"
+    assert "rolled back by hand to version 2" in pipeline["error"]["message"]
+    assert predict_version(api) == "2" and champion_alias(stack, want="2") == "2"
+    assert api.get(f"/models/{MODEL}/rollouts/current").status_code == 404
+
+
+def wait_current(api: httpx.Client, candidate: str, timeout_s: float = PIPELINE_TIMEOUT_S) -> dict:
+    """The running rollout of `candidate`, once it started (and its figures are live)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        current = api.get(f"/models/{MODEL}/rollouts/current")
+        body = current.json()
+        if current.status_code == 200 and body["candidate"] == candidate and body["live"]:
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"no rollout of version {candidate} started")
+
 
 def predict_version(api: httpx.Client) -> str:
     response = api.post(f"/models/{MODEL}/predict", json={"data": ROWS})
