@@ -12,9 +12,9 @@ from types import ModuleType
 import pytest
 from pydantic import Field
 
+from benchmarks.processes import REPO_ROOT
 from launcher.services import SECRET_ENV
 from mlops_core.settings import Settings, _env
-from tests.support.processes import REPO_ROOT
 
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
