@@ -5,13 +5,15 @@ the page shows nothing but the key prompt until the key is given -> a repository
 from the page (a bad URL gets the API's own message) -> a pushed notebook appears in the live
 list, its log lines arrive live on its page, it ends `succeeded` -> its model and version show
 -> a second version, then a rollback from the page (the next REST prediction names the chosen
-version) -> a broken notebook's page shows the stage, cell and exception at the top -> a
-trigger and a deletion from the page -> the first paint of 1,000 pipelines is timed. It saves
-the README's screenshot, docs/dashboard.png.
+version) -> a broken notebook's page shows the stage, cell and exception at the top -> a canary
+rollout's steps on the models page, promoted from there -> a trigger and a deletion from the
+page -> the first paint of 1,000 pipelines is timed. It saves the README's screenshot,
+docs/dashboard.png (the models page during the rollout).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -203,8 +205,6 @@ def test_rollback_from_the_page(browser: webdriver.Chrome, api: httpx.Client, re
     answer = api.post(f"/models/{MODEL}/predict", json={"data": ROWS}).json()
     assert answer["version"] == "1", answer
     text_in(browser, f"{card} .active-version", "1")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOT))
 
 
 def test_a_failed_pipeline_shows_its_cell_and_exception(
@@ -227,6 +227,37 @@ def test_a_failed_pipeline_shows_its_cell_and_exception(
     assert [r.get_attribute("data-pipeline-id") for r in browser.find_elements(
         By.CSS_SELECTOR, "#pipeline-rows tr[data-pipeline-id]"
     )] == [broken]  # fmt: skip
+
+
+def test_a_rollouts_steps_and_promote_from_the_page(
+    browser: webdriver.Chrome, api: httpx.Client, repo: LocalRepo
+):
+    # Steps long enough that only the button ends it.
+    policy = {"strategy": "canary", "steps": [10, 50], "step_interval_s": 600, "max_hold_s": 600}
+    assert api.put(f"/models/{MODEL}/policy", json=policy).status_code == 200
+    sha = repo.commit({notebooks.PATH: notebooks.retuned(c=3.0, version="3.0.0")})
+    pipeline_id = push(api, repo, sha, modified=[notebooks.PATH])
+    browser.get(f"{browser.current_url.split('#')[0]}#/models")
+    card = f'section[data-model="{MODEL}"]'
+    text_in(browser, f"{card} .model-rollout h2", "version 3 against 1", PIPELINE_TIMEOUT_S)
+    steps = browser.find_elements(By.CSS_SELECTOR, f"{card} .rollout-steps tbody tr")
+    assert [s.find_elements(By.TAG_NAME, "td")[1].text for s in steps] == ["10%", "50%"]
+    # Traffic for the chart (and the screenshot): requests/s and p99 over a few samples.
+    until = time.monotonic() + 8
+    while time.monotonic() < until:
+        api.post(f"/models/{MODEL}/predict", json={"data": ROWS})
+    text_in(browser, f"{card} .chart-label", "req/s")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))
+
+    browser.find_element(By.CSS_SELECTOR, f"{card} button.promote").click()
+    wait(browser).until(ec.alert_is_present()).accept()
+    text_in(browser, f"{card} .active-version", "3", timeout_s=60)
+    wait(browser).until(lambda b: not b.find_elements(By.CSS_SELECTOR, f"{card} .model-rollout *"))
+    assert api.post(f"/models/{MODEL}/predict", json={"data": ROWS}).json()["version"] == "3"
+    record = api.get(f"/models/{MODEL}/rollouts").json()[0]
+    assert (record["candidate"], record["state"]) == ("3", "promoted"), record
+    assert api.get(f"/pipelines/{pipeline_id}").json()["status"] in ("deploying", "succeeded")
 
 
 def test_trigger_and_delete_from_the_page(

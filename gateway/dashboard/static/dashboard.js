@@ -434,7 +434,9 @@ class Sparkline {
     const line = (values, cls) => {
       const top = Math.max(...values, 1e-9);
       const step = 360 / (CHART_POINTS - 1);
-      const coordinates = values.map((v, i) => `${(i * step).toFixed(1)},${(57 - (v / top) * 54).toFixed(1)}`);
+      // The newest sample at the right edge.
+      const offset = CHART_POINTS - values.length;
+      const coordinates = values.map((v, i) => `${((offset + i) * step).toFixed(1)},${(57 - (v / top) * 54).toFixed(1)}`);
       return svg("polyline", { class: cls, points: coordinates.join(" ") });
     };
     const latest = this.points[this.points.length - 1];
@@ -442,7 +444,8 @@ class Sparkline {
       line(this.points.map((p) => p.p99 || 0), "p99"));
     if (latest) {
       this.label.replaceChildren(h("span", { class: "rate-value" }, `${latest.rate.toFixed(1)} req/s`), " · ",
-        h("span", { class: "p99-value" }, latest.p99 === null ? "p99 –" : `p99 ${latest.p99.toFixed(1)} ms`));
+        h("span", { class: "p99-value" }, latest.p99 === null ? "p99 –" : `p99 ${latest.p99.toFixed(1)} ms`),
+        h("span", { class: "muted" }, ` (last ${Math.round(REFRESH_MS / 1000)} s; ${CHART_POINTS * REFRESH_MS / 1000 / 60} min shown)`));
     }
   }
 }
