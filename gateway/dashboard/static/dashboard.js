@@ -386,7 +386,7 @@ function rolloutPanel(name, rollout) {
     try { await api("POST", `/models/${encodeURIComponent(name)}/rollouts/current/${what}`); }
     catch (error) { alert(error.message); }
   };
-  const figures = (f) => f ? h("code", {}, JSON.stringify(f)) : "";
+  const figures = (f) => f ? h("span", { class: "figures" }, figuresText(f)) : "";
   return [
     h("h2", {}, `Rollout: version ${rollout.candidate} against ${rollout.champion} (${rollout.strategy}, ${rollout.state})`),
     h("div", { class: "row" },
@@ -401,6 +401,18 @@ function rolloutPanel(name, rollout) {
     h("h2", {}, "Decisions"),
     h("ul", {}, rollout.decisions.map((d) => h("li", {}, `${when(d.at)} step ${d.step + 1}: ${d.action}: ${d.reason} `, figures(d.figures)))),
   ];
+}
+
+/** A step's figures (mlops_core.rollout_analysis.StepFigures.as_dict) in a line. */
+function figuresText(f) {
+  const side = (role, x) => x ? `${role} ${x.version}: ${x.requests} requests, ${x.errors} errors` +
+    (x.p99_ms === null || x.p99_ms === undefined ? "" : `, p99 ${x.p99_ms.toFixed(2)} ms`) : "";
+  const parts = [side("champion", f.champion), side("candidate", f.candidate)];
+  if (f.agreement && f.agreement.compared) {
+    parts.push(`agreement ${(f.agreement.share * 100).toFixed(1)}% of ${f.agreement.compared}`);
+  }
+  const text = parts.filter(Boolean).join("; ");
+  return text || JSON.stringify(f);
 }
 
 /** Requests/s and p99 of a model over the last CHART_POINTS samples, from the differences
