@@ -198,7 +198,7 @@ async function pipelineList() {
       h("td", {}, p.repository_id === null ? "(deleted)" : names.get(p.repository_id) || `#${p.repository_id}`),
       h("td", {}, statusBadge(p.status)),
       h("td", {}, p.stage || ""),
-      h("td", {}, p.model_name ? `${p.model_name} v${p.model_version || "?"}` : ""),
+      h("td", {}, [p.model_name, p.model_version && `v${p.model_version}`].filter(Boolean).join(" ")),
       h("td", { class: "mono" }, p.commit_sha.slice(0, 8)),
       h("td", {}, when(p.created_at)),
       h("td", {}, seconds(p.duration_s)))));
@@ -235,7 +235,7 @@ function pipelineSummary(p) {
   parts.push(h("h1", {}, "Pipeline ", h("span", { class: "mono" }, p.id), " ", statusBadge(p.status)));
   const facts = [
     ["Stage", p.stage], ["Commit", `${p.commit_sha.slice(0, 12)} on ${p.branch}`], ["Trigger", p.trigger],
-    ["Model", p.model_name ? `${p.model_name} version ${p.model_version || "?"}` : null],
+    ["Model", [p.model_name, p.model_version && `version ${p.model_version}`].filter(Boolean).join(" ")],
     ["Notebook version", p.notebook_version], ["Attempts", p.attempts],
     ["Created", when(p.created_at)], ["Finished", when(p.finished_at)], ["Duration", seconds(p.duration_s)],
     ["Waiting for", p.waiting_for],
