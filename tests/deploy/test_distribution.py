@@ -56,4 +56,6 @@ def test_the_wheel_holds_the_services_and_their_shared_package_only(tmp_path: Pa
     top_level = {name.split("/")[0] for name in names if ".dist-info/" not in name}
     assert top_level == PRODUCT
     assert "pipeline_worker/sandbox/box_init.sh" in names, "the local sandbox's init script"
+    for name in ("index.html", "dashboard.js", "dashboard.css"):
+        assert f"gateway/dashboard/static/{name}" in names, "the dashboard's files"
     assert "mlops_core/protocol/open_inference_pb2.pyi" in names, "the generated stubs' types"
