@@ -133,7 +133,7 @@ def repos_add(call: Call, url: str, notebook: str, branch: str, token_env: str |
         if not os.environ.get(token_env):
             raise click.UsageError(f"--token-env {token_env}: the variable is not set")
         body["github_token"] = os.environ[token_env]
-    show_records(call, [call.gateway.post("/repos", body)], REPO_COLUMNS, "registered")
+    show_records(call, call.gateway.post("/repos", body), REPO_COLUMNS, "registered")
 
 
 @gateway_command(repos, "list")

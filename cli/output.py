@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console(soft_wrap=True)
+PIPED_WIDTH = 200
+"""Columns for a table written to a pipe or file: rich's 80 would fold ids and paths."""
+
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 
 
 def print_json(value: Any) -> None:
