@@ -32,6 +32,8 @@ HELD_CANARY = {
     "max_hold_s": 3600,
 }
 """A rollout that waits for traffic that never comes: only promote or abort ends it."""
+pytestmark = pytest.mark.slow
+
 IRIS_CSV = "sepal_length,sepal_width,petal_length,petal_width\n" + "".join(
     ",".join(str(v) for v in row) + "\n" for row in ROWS
 )
