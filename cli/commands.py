@@ -38,8 +38,7 @@ def gateway_command(group: click.Group, name: str | None = None) -> Callable[[F]
     def decorate(function: F) -> click.Command:
         @functools.wraps(function)
         def run(output_format: str, gateway_url: str, **kwargs: Any) -> None:
-            api_key = click.get_current_context().find_root().obj
-            gateway = Gateway(gateway_url, api_key)
+            gateway = Gateway(gateway_url, os.environ.get("MLOPS_API_KEY") or None)
             try:
                 function(Call(gateway, output_format == "json"), **kwargs)
             except GatewayError as exc:
@@ -71,11 +70,9 @@ def gateway_command(group: click.Group, name: str | None = None) -> Callable[[F]
 
 
 @click.group()
-@click.pass_context
-def mlops(ctx: click.Context) -> None:
+def mlops() -> None:
     """The MLOps platform from the command line. The API key, if the gateway has one, is read
     from MLOPS_API_KEY."""
-    ctx.obj = os.environ.get("MLOPS_API_KEY") or None
 
 
 def main() -> None:
@@ -155,8 +152,22 @@ def repos_rm(call: Call, repo_id: int) -> None:
 
 # --- pipelines ---------------------------------------------------------------------------
 
-PIPELINE_COLUMNS = ["id", "repository_id", "status", "stage", "commit_sha", "model_name",
-                    "model_version", "duration_s", "created_at"]  # fmt: skip
+PIPELINE_COLUMNS = ["id", "repo", "status", "stage", "commit", "model", "duration_s", "created_at"]
+
+
+def pipeline_row(pipeline: dict[str, Any]) -> list[Any]:
+    """The columns a person scans; `-o json` has every field."""
+    model = pipeline["model_name"] and f"{pipeline['model_name']}:{pipeline['model_version']}"
+    return [
+        pipeline["id"],
+        pipeline["repository_id"],
+        pipeline["status"],
+        pipeline["stage"],
+        pipeline["commit_sha"][:12],
+        model,
+        pipeline["duration_s"],
+        pipeline["created_at"][:19].replace("T", " "),
+    ]
 
 
 @gateway_command(mlops)
@@ -164,8 +175,11 @@ PIPELINE_COLUMNS = ["id", "repository_id", "status", "stage", "commit_sha", "mod
 def trigger(call: Call, repo_id: int) -> None:
     """Run repository REPO_ID's pipeline on its branch's head now; prints the pipeline."""
     pipeline = call.gateway.post(f"/repos/{repo_id}/trigger")
-    show_records(call, pipeline, PIPELINE_COLUMNS, "pipeline started")
-    if pipeline.get("note") and not call.as_json:
+    if call.as_json:
+        output.print_json(pipeline)
+        return
+    output.table("pipeline started", PIPELINE_COLUMNS, [pipeline_row(pipeline)])
+    if pipeline.get("note"):
         output.console.print(pipeline["note"])
 
 
@@ -183,9 +197,7 @@ def pipelines(call: Call, repo_id: int | None, status_: str | None, page: int, s
         output.print_json(found)
         return
     title = f"pipelines (page {found['page']}, {found['total']} in all)"
-    output.table(
-        title, PIPELINE_COLUMNS, ([p[c] for c in PIPELINE_COLUMNS] for p in found["items"])
-    )
+    output.table(title, PIPELINE_COLUMNS, (pipeline_row(p) for p in found["items"]))
 
 
 @gateway_command(mlops)
@@ -336,9 +348,15 @@ def show_rollout(call: Call, record: dict[str, Any]) -> None:
     if call.as_json:
         output.print_json(record)
         return
-    keys = ["model", "strategy", "state", "champion", "candidate", "step", "reason", "started_at",
+    steps, index = record["steps"], record["step"]
+    step = (
+        f"{index + 1} of {len(steps)}: candidate at {steps[index]['weight']:.0%}"
+        if index < len(steps)
+        else index
+    )
+    keys = ["model", "strategy", "state", "champion", "candidate", "reason", "started_at",
             "finished_at", "live"]  # fmt: skip
-    output.fields(f"rollout {record['id']}", record, keys)
+    output.fields(f"rollout {record['id']}", {**record, "step": step}, ["step", *keys])
     if record.get("decisions"):
         output.table(
             "decisions",
