@@ -356,13 +356,29 @@ def show_rollout(call: Call, record: dict[str, Any]) -> None:
     )
     keys = ["model", "strategy", "state", "champion", "candidate", "reason", "started_at",
             "finished_at", "live"]  # fmt: skip
-    output.fields(f"rollout {record['id']}", {**record, "step": step}, ["step", *keys])
+    shown = {**record, "step": step, "live": live_summary(record.get("live"))}
+    output.fields(f"rollout {record['id']}", shown, ["step", *keys])
     if record.get("decisions"):
         output.table(
             "decisions",
             ["at", "action", "reason"],
             ((d.get("at"), d.get("action"), d.get("reason")) for d in record["decisions"]),
         )
+
+
+def live_summary(live: dict[str, Any] | None) -> str | None:
+    """The current step's figures, one line per version and one for the agreement."""
+    if not live:
+        return None
+    lines = [
+        f"{side} {figures.get('version')}: {figures.get('requests')} requests,"
+        f" {figures.get('errors')} errors, p99 {output.cell(figures.get('p99_ms'))} ms"
+        for side in ("champion", "candidate")
+        if isinstance(figures := live.get(side), dict)
+    ]
+    if isinstance(agreement := live.get("agreement"), dict):
+        lines.append(f"agreement: {agreement.get('agreed')} of {agreement.get('compared')}")
+    return "\n".join(lines)
 
 
 @gateway_command(rollout, "status")

@@ -37,7 +37,8 @@ def cell(value: Any) -> str:
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     shown = Table(title=title, title_justify="left")
     for column in columns:
-        shown.add_column(column, overflow="fold")
+        # NOTE: ids are copied into the next command: never folded.
+        shown.add_column(column, overflow="fold", no_wrap=column == "id")
     for row in rows:
         shown.add_row(*(cell(v) for v in row))
     console.print(shown)

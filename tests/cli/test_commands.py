@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from cli.commands import STATUSES, csv_rows, json_rows
+from cli.commands import STATUSES, csv_rows, json_rows, live_summary
 from mlops_core.db import PipelineStatus
 
 
@@ -28,3 +28,18 @@ def test_rows_from_csv_skip_a_header_and_blank_lines() -> None:
         csv_rows("a,b\n1,2\nx,3\n")
     with pytest.raises(click.UsageError, match="no rows"):
         csv_rows("a,b\n")
+
+
+def test_a_rollouts_live_figures_read_as_lines() -> None:
+    live = {
+        "step": 0,
+        "champion": {"version": "1", "requests": 40, "errors": 0, "p99_ms": 2.5},
+        "candidate": {"version": "3", "requests": 5, "errors": 1, "p99_ms": None},
+        "agreement": {"compared": 5, "agreed": 4, "share": 0.8},
+    }
+    assert live_summary(live) == (
+        "champion 1: 40 requests, 0 errors, p99 2.5 ms\n"
+        "candidate 3: 5 requests, 1 errors, p99 - ms\n"
+        "agreement: 4 of 5"
+    )
+    assert live_summary(None) is None
