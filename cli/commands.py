@@ -152,20 +152,21 @@ def repos_rm(call: Call, repo_id: int) -> None:
 
 # --- pipelines ---------------------------------------------------------------------------
 
-PIPELINE_COLUMNS = ["id", "repo", "status", "stage", "commit", "model", "duration_s", "created_at"]
+PIPELINE_COLUMNS = ["id", "status", "model", "commit", "duration_s", "created_at"]
 
 
 def pipeline_row(pipeline: dict[str, Any]) -> list[Any]:
     """The columns a person scans; `-o json` has every field."""
+    status = pipeline["status"]
+    if status == "failed" and pipeline["stage"]:
+        status = f"failed at {pipeline['stage']}"
     model = pipeline["model_name"] and f"{pipeline['model_name']}:{pipeline['model_version']}"
     return [
         pipeline["id"],
-        pipeline["repository_id"],
-        pipeline["status"],
-        pipeline["stage"],
-        pipeline["commit_sha"][:12],
+        status,
         model,
-        pipeline["duration_s"],
+        pipeline["commit_sha"][:8],
+        pipeline["duration_s"] and round(pipeline["duration_s"], 1),
         pipeline["created_at"][:19].replace("T", " "),
     ]
 
