@@ -367,6 +367,14 @@ def show_rollout(call: Call, record: dict[str, Any]) -> None:
         )
 
 
+def command_rollout(call: Call, model: str, command: str) -> None:
+    record = call.gateway.post(f"/models/{model}/rollouts/current/{command}")
+    show_rollout(call, record)
+    if record["state"] == "running" and not call.as_json:
+        # NOTE: the gateway answers 202 when the rollout's driver has not acted within its wait.
+        output.console.print(f"asked; `mlops rollout status {model}` shows when it is done")
+
+
 def live_summary(live: dict[str, Any] | None) -> str | None:
     """The current step's figures, one line per version and one for the agreement."""
     if not live:
@@ -393,14 +401,14 @@ def rollout_status(call: Call, model: str) -> None:
 @click.argument("model")
 def rollout_promote(call: Call, model: str) -> None:
     """Promote MODEL's candidate now, whatever its figures say."""
-    show_rollout(call, call.gateway.post(f"/models/{model}/rollouts/current/promote"))
+    command_rollout(call, model, "promote")
 
 
 @gateway_command(rollout, "abort")
 @click.argument("model")
 def rollout_abort(call: Call, model: str) -> None:
     """Take MODEL's candidate away now; the champion serves every request."""
-    show_rollout(call, call.gateway.post(f"/models/{model}/rollouts/current/abort"))
+    command_rollout(call, model, "abort")
 
 
 def show_records(

@@ -265,16 +265,18 @@ def test_rollout_status_abort_and_promote(stack: Stack, repo: LocalRepo) -> None
     aborted_id = start_held_rollout(stack, repo, repo_id, "2.0.0")
     shown = mlops(stack, "rollout", "status", MODEL)
     assert shown.returncode == 0 and "canary" in shown.stdout, shown.stdout
-    assert ok_json(stack, "rollout", "abort", MODEL)["state"] == "aborted"
+    # NOTE: "running" is the gateway's 202: asked, its driver not done yet; the log's end says.
+    assert ok_json(stack, "rollout", "abort", MODEL)["state"] in ("aborted", "running")
     code, entries, stderr = follow(stack, aborted_id)
     assert (code, entries[-1]) == (1, {"end": "failed"}), (entries[-5:], stderr)
 
     promoted_id = start_held_rollout(stack, repo, repo_id, "3.0.0")
-    assert ok_json(stack, "rollout", "promote", MODEL)["state"] == "promoted"
+    assert ok_json(stack, "rollout", "promote", MODEL)["state"] in ("promoted", "running")
     code, entries, stderr = follow(stack, promoted_id)
     assert (code, entries[-1]) == (0, {"end": "succeeded"}), (entries[-5:], stderr)
     (model,) = ok_json(stack, "models")["models"]
     assert model["active_version"] == "3", model
+    assert "no rollout running" in fails(stack, "rollout", "abort", MODEL)
 
 
 def test_repos_rm(stack: Stack, tmp_path: Path) -> None:
