@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from redis.exceptions import RedisError
 
+from gateway import dashboard
 from gateway.body_limit import BodyLimit, RequestBodyLimit
 from gateway.deps import Resources, open_resources, require_api_key
 from gateway.errors import ConfigError, install_error_handlers
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router, dependencies=protected)
     app.include_router(rollouts.router, dependencies=protected)
     app.include_router(ws.router)  # checks the key itself: browsers cannot send headers there
+    dashboard.install(app)  # public: the page holds no data, the API calls it makes need the key
     return app
 
 

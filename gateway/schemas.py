@@ -318,6 +318,24 @@ class PredictResponse(BaseModel):
     )
 
 
+class VersionCounters(BaseModel):
+    requests: int = Field(0, description="Requests answered since the replicas started")
+    errors: int = 0
+    latency: list[int] = Field(
+        description="Requests per bucket of `latency_buckets_s`, and one more for slower ones"
+    )
+
+
+class ModelCounters(BaseModel):
+    model: str = Field(examples=["iris-classifier"])
+    at: float = Field(description="When they were read (Unix seconds)")
+    latency_buckets_s: list[float] = Field(description="Upper bounds of the latency buckets")
+    versions: dict[str, VersionCounters] = Field(
+        description="Each version's counters, added up over the live replicas (they only grow, "
+        "until a replica restarts)"
+    )
+
+
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": "1"}]})
 

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Path, Request, Response, status
 
 from gateway import model_catalog
 from gateway.deps import ResourcesDep
+from gateway.model_stats import model_counters
 from gateway.schemas import (
+    ModelCounters,
     ModelList,
     PredictRequest,
     PredictResponse,
@@ -17,6 +19,7 @@ from gateway.schemas import (
     RollbackRequest,
     error_responses,
 )
+from mlops_core import fleet_state
 from mlops_core.errors import InvalidInput
 from mlops_core.fleet_state import ROUTING_KEY_METADATA
 
@@ -34,6 +37,13 @@ async def list_models(resources: ResourcesDep) -> ModelList:
     what each live replica serves."""
     models, reachable = await model_catalog.list_models(resources.redis, resources.registry)
     return ModelList(models=models, registry_reachable=reachable)
+
+
+@router.get("/{name}/stats", response_model=ModelCounters)
+async def stats(name: ModelName, resources: ResourcesDep) -> ModelCounters:
+    """The model's request counters per version, added up over the live replicas' last
+    heartbeats: two reads give the requests/s and the latency percentiles between them."""
+    return model_counters(await fleet_state.live_replicas(resources.redis), name)
 
 
 @router.post(

@@ -18,6 +18,10 @@ from mlops_core.errors import MlopsError
 router = APIRouter(tags=["pipelines"])
 
 CLOSE_CODE_BASE = 4000
+KEY_MESSAGE_PROTOCOL = "mlops.key-message"
+"""The subprotocol a browser asks for to send the API key as its first message: browsers
+cannot set headers on a WebSocket, and a key in the URL would end up in access logs."""
+KEY_MESSAGE_TIMEOUT_S = 10.0
 MAX_REASON_BYTES = 123
 """A close frame's reason is at most 123 bytes of UTF-8."""
 
@@ -36,14 +40,30 @@ async def close_with(websocket: WebSocket, exc: BaseException) -> None:
     await websocket.close(code=close_code(error), reason=reason)
 
 
+async def key_message(websocket: WebSocket) -> str | None:
+    """The first message's text, the key (empty when the gateway has none); None when none
+    came in time."""
+    try:
+        message = await asyncio.wait_for(websocket.receive(), KEY_MESSAGE_TIMEOUT_S)
+    except TimeoutError:
+        return None
+    return message.get("text") or None
+
+
 @router.websocket("/ws/pipelines/{pipeline_id}/logs")
 async def pipeline_logs(websocket: WebSocket, pipeline_id: str) -> None:
     """Each message is one JSON log entry: `{"seq", "ts", "line"}`, and last `{"seq", "end"}`
-    with the final status. Needs `Authorization: Bearer <MLOPS_API_KEY>` when a key is set."""
+    with the final status. Needs `Authorization: Bearer <MLOPS_API_KEY>` when a key is set,
+    or (browsers) the subprotocol `mlops.key-message` and the key as the first message."""
     resources = await get_resources(websocket)
-    await websocket.accept()
+    by_message = KEY_MESSAGE_PROTOCOL in websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=KEY_MESSAGE_PROTOCOL if by_message else None)
     try:
-        check_api_key(resources.settings, bearer_token(websocket.headers.get("authorization")))
+        if by_message:
+            presented: str | None = await key_message(websocket)
+        else:
+            presented = bearer_token(websocket.headers.get("authorization"))
+        check_api_key(resources.settings, presented)
         await resources.db(store.get_pipeline, pipeline_id)
     except Exception as exc:
         await close_with(websocket, exc)

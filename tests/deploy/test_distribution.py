@@ -57,6 +57,8 @@ def test_the_wheel_holds_the_services_their_shared_package_and_the_cli_only(tmp_
     top_level = {name.split("/")[0] for name in names if ".dist-info/" not in name}
     assert top_level == PRODUCT
     assert "pipeline_worker/sandbox/box_init.sh" in names, "the local sandbox's init script"
+    for name in ("index.html", "dashboard.js", "dashboard.css"):
+        assert f"gateway/dashboard/static/{name}" in names, "the dashboard's files"
     assert "mlops_core/protocol/open_inference_pb2.pyi" in names, "the generated stubs' types"
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()

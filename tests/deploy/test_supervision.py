@@ -118,7 +118,9 @@ def test_a_killed_replica_comes_back_a_crash_loop_is_reported_nothing_is_left(
         status = platform.supervisorctl("status")
         # STARTING until it has stayed up START_SECS; it serves already.
         assert re.search(r"inference:inference\.0 +(STARTING|RUNNING)", status.stdout), status
-        assert re.search(r"^redis +RUNNING", status.stdout, re.M), status
+        # NOTE: STARTING too: a fast start and restart fit in redis's first START_SECS; that it
+        # was never restarted is what `survivors(others)` above checks.
+        assert re.search(r"^redis +(STARTING|RUNNING)", status.stdout, re.M), status
 
         # A crash loop: replica-1 killed, and its HTTP port taken before it can start again.
         with socket.socket() as taken:

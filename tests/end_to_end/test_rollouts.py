@@ -190,6 +190,7 @@ def push_under_load(
     return run.action_result, run, grpc_load
 
 
+@pytest.mark.slow
 def test_rollouts(rollout_stack: Stack, tmp_path: Path) -> None:
     stack = rollout_stack
     api = httpx.Client(base_url=stack.gateway, timeout=30)

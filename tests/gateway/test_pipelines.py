@@ -13,6 +13,7 @@ import websockets
 from redis.asyncio import Redis
 from sqlalchemy import update
 
+from gateway.routes.ws import KEY_MESSAGE_PROTOCOL
 from mlops_core import logstream, pipeline_queue
 from mlops_core.db import Pipeline, session_scope
 from tests.gateway.conftest import API_KEY, Gateway, LocalRepo, make_local_repo
@@ -58,6 +59,14 @@ def ws_connect(gateway: Gateway, pipeline_id: str, key: str | None = API_KEY):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return websockets.connect(
         f"{gateway.ws_url}/ws/pipelines/{pipeline_id}/logs", additional_headers=headers
+    )
+
+
+def ws_connect_key_message(gateway: Gateway, pipeline_id: str):
+    """As a browser does: no header, the subprotocol saying the key comes as first message."""
+    return websockets.connect(
+        f"{gateway.ws_url}/ws/pipelines/{pipeline_id}/logs",
+        subprotocols=[websockets.Subprotocol(KEY_MESSAGE_PROTOCOL)],
     )
 
 
@@ -219,6 +228,16 @@ async def test_websocket_refusals_and_departing_watchers(
     for key in (None, "wrong"):
         async with ws_connect(gateway, pipeline_id, key=key) as ws:
             assert await close_code(ws) == 4401
+    # Browsers: the key as the first message, under the subprotocol that says so.
+    for key, code in ((API_KEY, None), ("wrong", 4401), ("", 4401)):
+        async with ws_connect_key_message(gateway, pipeline_id) as ws:
+            assert ws.subprotocol == KEY_MESSAGE_PROTOCOL
+            await ws.send(key)
+            if code is None:
+                await logstream.append_line(redis, pipeline_id, "by message")
+                assert "by message" in json.loads(await asyncio.wait_for(ws.recv(), 5))["line"]
+            else:
+                assert await close_code(ws) == code
     channel = logstream.log_channel(pipeline_id)
     for _ in range(5):
         async with ws_connect(gateway, pipeline_id) as ws:
