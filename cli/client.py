@@ -77,8 +77,10 @@ class Gateway:
         while True:
             try:
                 async with websockets.connect(ws_url, additional_headers=self._headers) as ws:
-                    lost_since = None
                     async for message in ws:
+                        # NOTE: reset on a message, not on connecting: a gateway that accepts and
+                        # closes at once still runs out the reconnect window.
+                        lost_since = None
                         entry = json.loads(message)
                         if "end" in entry:
                             return str(entry["end"])
