@@ -1,5 +1,6 @@
-"""The installed distribution is the product: the services and their shared package, with the
-files they read at run time, and none of the development tools (benchmarks, tests)."""
+"""The installed distribution is the product: the services, their shared package and the `mlops`
+command line, with the files they read at run time, and none of the development tools
+(benchmarks, tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from benchmarks.processes import REPO_ROOT, VENV_BIN
 
-PRODUCT = {"gateway", "inference", "launcher", "mlops_core", "pipeline_worker"}
+PRODUCT = {"cli", "gateway", "inference", "launcher", "mlops_core", "pipeline_worker"}
 
 
 def checkout_copy(target: Path) -> Path:
@@ -39,7 +40,7 @@ def checkout_copy(target: Path) -> Path:
     return target
 
 
-def test_the_wheel_holds_the_services_and_their_shared_package_only(tmp_path: Path) -> None:
+def test_the_wheel_holds_the_services_their_shared_package_and_the_cli_only(tmp_path: Path) -> None:
     source = checkout_copy(tmp_path / "source")
     assert (source / "benchmarks").is_dir() and (source / "tests").is_dir()
     # NOTE: no build isolation: setuptools comes from the lock, so this builds offline.
@@ -59,3 +60,6 @@ def test_the_wheel_holds_the_services_and_their_shared_package_only(tmp_path: Pa
     for name in ("index.html", "dashboard.js", "dashboard.css"):
         assert f"gateway/dashboard/static/{name}" in names, "the dashboard's files"
     assert "mlops_core/protocol/open_inference_pb2.pyi" in names, "the generated stubs' types"
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "mlops = cli.__main__:main" in scripts, "the `mlops` console script"

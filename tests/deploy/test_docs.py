@@ -27,9 +27,19 @@ MAY_IMPORT = {
     "pipeline_worker": {"pipeline_worker", "mlops_core"},
     "inference": {"inference", "mlops_core"},
     "launcher": {"launcher", "mlops_core", "inference.cpus"},
+    "cli": {"cli"},
 }
 """The README's package table: what each package may import of ours."""
-OURS = {"mlops_core", "gateway", "pipeline_worker", "inference", "launcher", "benchmarks", "tests"}
+OURS = {
+    "mlops_core",
+    "cli",
+    "gateway",
+    "pipeline_worker",
+    "inference",
+    "launcher",
+    "benchmarks",
+    "tests",
+}
 
 
 def config_reference() -> ModuleType:
