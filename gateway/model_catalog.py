@@ -183,7 +183,7 @@ async def rollback(
     running = await asyncio.to_thread(rollouts.current, sessions, model)
     if running is not None:
         await rollouts.leave_command(
-            redis, model, Command.ABORT, f"rolled back by hand to version {version}"
+            redis, running.id, Command.ABORT, f"rolled back by hand to version {version}"
         )
     await fleet_state.set_desired(
         redis, model, fleet_state.next_desired(desired, version, keep_versions)

@@ -8,23 +8,24 @@ import time
 
 from gateway.schemas import ModelCounters, VersionCounters
 from mlops_core.fleet_state import LATENCY_BUCKETS_S, ReplicaReport, version_key
+from mlops_core.rollout_analysis import CounterTotal
 
 
 def model_counters(replicas: list[ReplicaReport], name: str) -> ModelCounters:
     """Every live replica's counters of the model, added up by version."""
-    versions: dict[str, VersionCounters] = {}
+    totals: dict[str, CounterTotal] = {}
     for replica in replicas:
         served = replica.models.get(name)
         if served is None:
             continue
         for version, stats in served.stats.items():
-            total = versions.setdefault(
-                version, VersionCounters(latency=[0] * (len(LATENCY_BUCKETS_S) + 1))
+            totals.setdefault(version, CounterTotal()).add(
+                stats.requests, stats.errors, stats.latency
             )
-            total.requests += stats.requests
-            total.errors += stats.errors
-            for index, count in enumerate(stats.latency[: len(total.latency)]):
-                total.latency[index] += count
+    versions = {
+        v: VersionCounters(requests=t.requests, errors=t.errors, latency=t.latency)
+        for v, t in totals.items()
+    }
     return ModelCounters(
         model=name,
         at=time.time(),

@@ -70,8 +70,8 @@ def step_figures(
 ) -> StepFigures:
     """The traffic since `baseline`, summed over replicas. A replica that restarted since (its
     counters went down) counts from zero; one that appeared counts whole."""
-    champ = _Sum()
-    cand = _Sum()
+    champ = CounterTotal()
+    cand = CounterTotal()
     compared = agreed = 0
     for replica, versions in now.items():
         before = baseline.get(replica, {})
@@ -196,7 +196,9 @@ def percentile_ms(buckets: list[int], quantile: float) -> float | None:
     return LATENCY_BUCKETS_S[-1] * 1000
 
 
-class _Sum:
+class CounterTotal:
+    """Requests, errors and latency buckets added up over replicas (or versions)."""
+
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0

@@ -275,8 +275,10 @@ def alias_history(
 # --- talking to the driver -----------------------------------------------------------------
 
 
-def _command_key(model: str) -> str:
-    return f"mlops:rollout:{model}:command"
+def _command_key(rollout_id: str) -> str:
+    # NOTE: by rollout, not by model: a command left for a rollout that ended meanwhile must
+    # never reach the model's next one.
+    return f"mlops:rollout:{rollout_id}:command"
 
 
 def _live_key(model: str) -> str:
@@ -288,15 +290,15 @@ class Command(StrEnum):
     ABORT = "abort"
 
 
-async def leave_command(redis: Redis, model: str, command: Command, reason: str) -> None:
-    """Ask the driver of the model's rollout to promote or abort at its next tick."""
+async def leave_command(redis: Redis, rollout_id: str, command: Command, reason: str) -> None:
+    """Ask the driver of the rollout to promote or abort it at its next tick."""
     await redis.set(
-        _command_key(model), json.dumps({"command": command.value, "reason": reason}), ex=3600
+        _command_key(rollout_id), json.dumps({"command": command.value, "reason": reason}), ex=3600
     )
 
 
-async def take_command(redis: Redis, model: str) -> tuple[Command, str] | None:
-    raw = await redis.getdel(_command_key(model))
+async def take_command(redis: Redis, rollout_id: str) -> tuple[Command, str] | None:
+    raw = await redis.getdel(_command_key(rollout_id))
     if raw is None:
         return None
     entry = json.loads(raw)

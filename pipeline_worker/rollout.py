@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import TypeGuard
 
 from redis.asyncio import Redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -138,12 +138,12 @@ async def start(
 
 
 async def supersede(run: RolloutRun, model: str, reason: str) -> None:
-    """End the model's running rollout, if any, before another starts. Its driver is told;
-    the record ends here so a driver that is gone (its worker died) cannot resume it."""
+    """End the model's running rollout, if any, before another starts. The record ends here,
+    so its driver stops at its next tick, and one that is gone (its worker died) cannot resume
+    it."""
     running = await asyncio.to_thread(rollouts.current, run.sessions, model)
     if running is None:
         return
-    await rollouts.leave_command(run.redis, model, Command.ABORT, reason)
     await _end(run, running, RolloutState.ABORTED, reason)
 
 
@@ -152,7 +152,6 @@ async def drive(run: RolloutRun, record: RolloutRecord) -> RolloutRecord:
     settings = run.settings
     shadow = record.strategy is Strategy.SHADOW
     held_logged = -1
-    started = time.monotonic() - (utcnow() - record.started_at).total_seconds()
     while True:
         await asyncio.sleep(settings.rollout_tick_s)
         stored = await asyncio.to_thread(rollouts.get, run.sessions, record.id)
@@ -160,7 +159,7 @@ async def drive(run: RolloutRun, record: RolloutRecord) -> RolloutRecord:
             # NOTE: ended elsewhere (superseded by a newer pipeline while this one was away).
             await run.log(f"rollout {stored.state.value}: {stored.reason}")
             return stored
-        command = await rollouts.take_command(run.redis, record.model)
+        command = await rollouts.take_command(run.redis, record.id)
         if command is not None:
             action, reason = command
             if action is Command.PROMOTE:
@@ -169,7 +168,7 @@ async def drive(run: RolloutRun, record: RolloutRecord) -> RolloutRecord:
         if await run.cancelled():
             await _end(run, record, RolloutState.ABORTED, "the pipeline was cancelled")
             raise PipelineCancelled()
-        if time.monotonic() - started > settings.rollout_max_s:
+        if (utcnow() - record.started_at).total_seconds() > settings.rollout_max_s:
             return await _end(
                 run,
                 record,
@@ -216,24 +215,18 @@ async def drive(run: RolloutRun, record: RolloutRecord) -> RolloutRecord:
         )
         if verdict.action is Action.ADVANCE:
             _decide(record, verdict.action, verdict.reason, shown)
-            await _next_step(run, record, replicas)
+            await _next_step(run, record)
             continue
         return await _end(run, record, _ENDS[verdict.action], verdict.reason, figures=shown)
 
 
-async def _next_step(
-    run: RolloutRun, record: RolloutRecord, replicas: list[fleet_state.ReplicaReport]
-) -> None:
+async def _next_step(run: RolloutRun, record: RolloutRecord) -> None:
     record.step += 1
     route = route_of(record, run.settings)
 
     def reweighted(current: DesiredModel | None) -> DesiredModel | None:
         # NOTE: a candidate taken away meanwhile (a rollback by hand) is not put back.
-        if current is None or current.candidate is None:
-            return current
-        if current.candidate.version != record.candidate:
-            return current
-        return replace(current, candidate=route)
+        return replace(current, candidate=route) if _routes(current, record.candidate) else current
 
     await fleet_state.update_desired(run.redis, record.model, reweighted)
     try:
@@ -300,13 +293,18 @@ async def _drop_candidate(run: RolloutRun, model: str, candidate: str) -> None:
     rollback chose meanwhile) stays."""
 
     def without(current: DesiredModel | None) -> DesiredModel | None:
-        if current is None or current.candidate is None:
-            return current
-        if current.candidate.version != candidate:
-            return current
-        return replace(current, candidate=None)
+        return replace(current, candidate=None) if _routes(current, candidate) else current
 
     await fleet_state.update_desired(run.redis, model, without)
+
+
+def _routes(desired: DesiredModel | None, candidate: str) -> TypeGuard[DesiredModel]:
+    """Whether the entry still routes to this rollout's candidate."""
+    return (
+        desired is not None
+        and desired.candidate is not None
+        and desired.candidate.version == candidate
+    )
 
 
 def _decide(

@@ -127,7 +127,7 @@ async def _command(
     resources: Resources, name: str, command: Command, reason: str, response: Response
 ) -> RolloutOut:
     record = await _running(resources, name)
-    await rollouts.leave_command(resources.redis, name, command, reason)
+    await rollouts.leave_command(resources.redis, record.id, command, reason)
     deadline = time.monotonic() + COMMAND_WAIT_S
     while time.monotonic() < deadline:
         await asyncio.sleep(0.2)

@@ -151,3 +151,19 @@ def test_shadow_is_one_step_at_weight_zero() -> None:
         0.25,
         0.6,
     ]
+
+
+async def test_a_command_reaches_only_the_rollout_it_was_left_for(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    from mlops_core.rollouts import Command, leave_command, take_command
+    from tests.conftest import new_redis_db
+
+    redis = Redis.from_url(new_redis_db(redis_url))
+    try:
+        await leave_command(redis, "rollout-a", Command.ABORT, "aborted by hand")
+        assert await take_command(redis, "rollout-b") is None
+        assert await take_command(redis, "rollout-a") == (Command.ABORT, "aborted by hand")
+        assert await take_command(redis, "rollout-a") is None
+    finally:
+        await redis.aclose()
