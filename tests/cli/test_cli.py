@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.processes import VENV_BIN, free_port
 from tests.end_to_end import notebooks
-from tests.end_to_end.stack import Stack, inherited_env, stack_env
+from tests.end_to_end.stack import Stack, inherited_env, stack_env, started_stack
 from tests.end_to_end.test_platform_flow import MODEL, ROWS
 from tests.gateway.conftest import LocalRepo, make_local_repo
 
@@ -43,12 +43,8 @@ IRIS_CSV = "sepal_length,sepal_width,petal_length,petal_width\n" + "".join(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("cli")
     env = {**stack_env(workdir / "data", replicas=1), "MLOPS_API_KEY": API_KEY}
-    stack = Stack("cli", workdir, env)
-    try:
-        stack.start()
+    with started_stack("cli", workdir, env) as stack:
         yield stack
-    finally:
-        stack.cleanup()
 
 
 @pytest.fixture(scope="module")

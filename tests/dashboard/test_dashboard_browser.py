@@ -31,7 +31,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from benchmarks.processes import REPO_ROOT
 from mlops_core.db import Pipeline, make_engine, make_session_factory, session_scope
 from tests.end_to_end import notebooks
-from tests.end_to_end.stack import WEBHOOK_SECRET, Stack, stack_env
+from tests.end_to_end.stack import WEBHOOK_SECRET, Stack, stack_env, started_stack
 from tests.gateway.conftest import LocalRepo, git, make_local_repo, signed_post
 
 API_KEY = "dashboard-test-key"
@@ -53,13 +53,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One platform for the module, with an API key, always stopped by PID."""
     workdir = tmp_path_factory.mktemp("dashboard-stack")
     env = {**stack_env(workdir / "data", replicas=2), "MLOPS_API_KEY": API_KEY}
-    platform = Stack("dashboard", workdir, env)
-    try:
-        platform.start()
+    with started_stack("dashboard", workdir, env, stop_cleanly=True) as platform:
         yield platform
-        platform.stop()
-    finally:
-        platform.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -121,3 +122,19 @@ class Stack:
         for pid in survivors(self.tree):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def started_stack(
+    name: str, workdir: Path, env: dict[str, str], *, stop_cleanly: bool = False
+) -> Iterator[Stack]:
+    """A started stack for a module's tests; `stop_cleanly` also asserts a clean SIGTERM stop
+    once they pass. Whatever is left is ended by PID either way."""
+    stack = Stack(name, workdir, env)
+    try:
+        stack.start()
+        yield stack
+        if stop_cleanly:
+            stack.stop()
+    finally:
+        stack.cleanup()

@@ -29,7 +29,7 @@ from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 from tests.end_to_end import notebooks
 from tests.end_to_end.public_api import LoadRun, predict_load_around
-from tests.end_to_end.stack import Stack, stack_env
+from tests.end_to_end.stack import Stack, stack_env, started_stack
 from tests.end_to_end.test_platform_flow import MODEL, ROWS, push
 from tests.gateway.conftest import LocalRepo, git, make_local_repo
 
@@ -56,12 +56,8 @@ def rollout_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MLOPS_MIRROR_RATE": "0.5",
         "MLOPS_SHADOW_RATE": "0.5",
     }
-    stack = Stack("rollouts", workdir, env)
-    try:
-        stack.start()
+    with started_stack("rollouts", workdir, env) as stack:
         yield stack
-    finally:
-        stack.cleanup()
 
 
 class GrpcLoad:
