@@ -128,6 +128,14 @@ def goals(results: Results) -> list[Goal]:
             "rps",
             2,
         ),
+        _ratio_goal(
+            "OIP REST through the gateway at c=64 vs the gateway's own REST predict",
+            find(results, "gateway", "oip-rest-lr-c64"),
+            find(results, "gateway", "rest-lr-c64"),
+            "rows_per_s",
+            0.85,
+            unit="rows/s",
+        ),
         _rows_goal(results),
     ]
     listed += _swap_goals(results.get("swap"))
