@@ -209,6 +209,15 @@ def test_json_body_nested_data_and_id_echoed(api: httpx.Client, native: dict):
     ]
 
 
+def test_a_routing_key_goes_through_the_models_routing(api: httpx.Client):
+    """Its own call with the key (no canary here: the active version answers)."""
+    response = api.post(
+        "/v2/models/iris/infer", json=json_body(), headers={"X-Routing-Key": "user-7"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "1"
+
+
 def test_gzip_body_is_read_and_other_encodings_refused(api: httpx.Client):
     body = json.dumps(
         {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5, 3, 1, 0]}]}
