@@ -18,6 +18,16 @@ from gateway import oip_rest
 from gateway.deps import ResourcesDep
 from gateway.errors import OIP_PREFIX
 from gateway.routes.models import ModelName
+from gateway.schemas import (
+    INFER_REQUEST_SCHEMA,
+    InferResponseOut,
+    LiveOut,
+    ModelMetadataOut,
+    ModelReadyOut,
+    OipReadyOut,
+    ServerMetadataOut,
+    oip_error_responses,
+)
 from mlops_core.errors import ModelNotReady
 from mlops_core.fleet_state import ROUTING_KEY_METADATA
 from mlops_core.protocol import open_inference_pb2 as pb
@@ -32,14 +42,23 @@ router = APIRouter(prefix=OIP_PREFIX, tags=TAGS)
 
 Version = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 
+UNAUTHORIZED = (401, "missing bearer token: send 'Authorization: Bearer <MLOPS_API_KEY>'")
+NOT_FOUND = (404, "model 'iris-classifier' has no version '9' loaded; loaded versions: ['1']")
+UNAVAILABLE = (503, "the inference fleet cannot serve 'iris-classifier' now: ...")
+NOT_READY = (400, "model 'iris-classifier' version '2' is still loading")
 
-@health_router.get("/live")
+
+@health_router.get("/live", response_model=LiveOut)
 async def live() -> dict[str, bool]:
     """The gateway process is up (as `/health`; the fleet is not asked)."""
     return {"live": True}
 
 
-@health_router.get("/ready")
+@health_router.get(
+    "/ready",
+    response_model=OipReadyOut,
+    responses=oip_error_responses((400, "the inference fleet does not answer: UNAVAILABLE")),
+)
 async def ready(resources: ResourcesDep) -> Response:
     """The fleet answers ServerReady true: 200; otherwise 400 naming why."""
     try:
@@ -49,19 +68,27 @@ async def ready(resources: ResourcesDep) -> Response:
     return JSONResponse({"ready": True}) if is_ready else _not_ready("the fleet is not ready")
 
 
-@router.get("")
+@router.get("", response_model=ServerMetadataOut, responses=oip_error_responses(UNAUTHORIZED))
 async def server_metadata(request: Request) -> dict[str, Any]:
     """The gateway's name, version and the protocol extensions it speaks."""
     return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
 
 
-@router.get("/models/{name}")
+@router.get(
+    "/models/{name}",
+    response_model=ModelMetadataOut,
+    responses=oip_error_responses(UNAUTHORIZED, NOT_FOUND, UNAVAILABLE),
+)
 async def model_metadata(name: ModelName, resources: ResourcesDep) -> dict[str, Any]:
     """The model's versions the fleet holds, platform, and its active version's tensors."""
     return _metadata(await resources.fleet.model_metadata(name))
 
 
-@router.get("/models/{name}/versions/{version}")
+@router.get(
+    "/models/{name}/versions/{version}",
+    response_model=ModelMetadataOut,
+    responses=oip_error_responses(UNAUTHORIZED, NOT_FOUND, UNAVAILABLE),
+)
 async def version_metadata(
     name: ModelName, version: Version, resources: ResourcesDep
 ) -> dict[str, Any]:
@@ -69,19 +96,43 @@ async def version_metadata(
     return _metadata(await resources.fleet.model_metadata(name, version))
 
 
-@router.get("/models/{name}/ready")
+@router.get(
+    "/models/{name}/ready",
+    response_model=ModelReadyOut,
+    responses=oip_error_responses(NOT_READY, UNAUTHORIZED, NOT_FOUND),
+)
 async def model_ready(name: ModelName, resources: ResourcesDep) -> Response:
     """200 when the model's active version serves, 400 when not yet, 404 for no such model."""
     return await _model_ready(resources, name, "")
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_model=ModelReadyOut,
+    responses=oip_error_responses(NOT_READY, UNAUTHORIZED, NOT_FOUND),
+)
 async def version_ready(name: ModelName, version: Version, resources: ResourcesDep) -> Response:
     """200 when `version` serves, 400 when not yet, 404 for no such model or version."""
     return await _model_ready(resources, name, version)
 
 
-@router.post("/models/{name}/infer")
+@router.post(
+    "/models/{name}/infer",
+    response_model=InferResponseOut,
+    responses=oip_error_responses(
+        (400, "input 'input' has shape [1, 3]; the model expects FP32 [N, 4]"),
+        UNAUTHORIZED,
+        NOT_FOUND,
+        (413, "request body exceeds 4194304 bytes (MLOPS_MAX_PREDICT_BYTES)"),
+        UNAVAILABLE,
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}},
+        }
+    },
+)
 async def infer(name: ModelName, request: Request, resources: ResourcesDep) -> Response:
     """Infer with the model's active version (or, during a canary, the candidate for the
     step's share; `X-Routing-Key` keeps one caller on one side). JSON tensors, or Triton's
@@ -89,7 +140,23 @@ async def infer(name: ModelName, request: Request, resources: ResourcesDep) -> R
     return await _infer(request, resources, name, "")
 
 
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferResponseOut,
+    responses=oip_error_responses(
+        (400, "input 'input' has shape [1, 3]; the model expects FP32 [N, 4]"),
+        UNAUTHORIZED,
+        NOT_FOUND,
+        (413, "request body exceeds 4194304 bytes (MLOPS_MAX_PREDICT_BYTES)"),
+        UNAVAILABLE,
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}},
+        }
+    },
+)
 async def infer_version(
     name: ModelName, version: Version, request: Request, resources: ResourcesDep
 ) -> Response:

@@ -413,3 +413,14 @@ def check_without_fleet(gw: Gateway) -> None:
         infer = client.post("/v2/models/iris/infer", json=json_body())
         assert infer.status_code == 503, infer.text
         assert "cannot serve 'iris' now" in infer.json()["error"]
+
+
+def test_openapi_documents_the_v2_routes_in_their_error_shape(api: httpx.Client):
+    paths = api.get("/openapi.json").json()["paths"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert infer["summary"] and infer["description"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["examples"]
+    error = infer["responses"]["400"]["content"]["application/json"]["example"]
+    assert list(error) == ["error"]
+    assert "security" not in paths["/v2/health/ready"]["get"]
+    assert paths["/v2/models/{name}"]["get"]["security"]
