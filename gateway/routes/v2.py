@@ -1,5 +1,6 @@
 """The Open Inference Protocol (KServe v2) over REST, with Triton's binary tensor data
-extension: each route is one gRPC call of the same protocol on the fleet.
+extension: each route that needs the fleet makes the same protocol's gRPC call there, so it
+answers what a native gRPC client would get.
 
 Errors answer `{"error": "..."}` (`gateway.errors.error_answer`). Readiness answers 200 when
 ready and 400 when not (the spec: "a 4xx status code indicates not ready", as Triton answers),
