@@ -398,13 +398,17 @@ class OipErrorOut(BaseModel):
 def oip_error_responses(*errors: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
     """`error_responses` for the `/v2` routes: `{"error": ...}`, and 400 for a refused input
     (the protocol has no 422)."""
-    return {
+    responses: dict[int | str, dict[str, Any]] = {
         status: {
             "model": OipErrorOut,
             "content": {"application/json": {"example": {"error": message}}},
         }
         for status, message in errors
     }
+    # NOTE: in place of the 422 FastAPI would list for path parameters: on /v2 a model name
+    # or version that is not one is a 400 like any refused request.
+    responses["4XX"] = {"model": OipErrorOut, "description": "Any other refused request"}
+    return responses
 
 
 class ServerMetadataOut(BaseModel):

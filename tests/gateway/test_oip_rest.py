@@ -344,6 +344,7 @@ BINARY_HEADER = json.dumps(
             "4 bytes of binary data past",
         ),
         ("/v2/nothing-here", {}, 404, "Not Found"),
+        ("/v2/models/-iris/infer", {"json": json_body()}, 400, "path.name"),
     ],
     ids=[
         "unknown-model",
@@ -361,6 +362,7 @@ BINARY_HEADER = json.dumps(
         "binary-short",
         "binary-long",
         "unknown-route",
+        "not-a-model-name",
     ],
 )
 def test_errors_answer_error_with_the_protocols_status(
