@@ -281,7 +281,7 @@ class FleetClient:
                 request, timeout=PREDICT_TIMEOUT_S, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._rpc_error(model, exc) from None
+            raise self._rpc_error(model, exc, version) from None
         try:
             arrays = response_arrays(response)
         except (KeyError, ValueError) as exc:
@@ -296,7 +296,7 @@ class FleetClient:
                 metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._rpc_error(model, exc) from None
+            raise self._rpc_error(model, exc, version) from None
 
     async def model_ready(self, model: str, version: str = "") -> bool:
         try:
@@ -306,7 +306,7 @@ class FleetClient:
                 metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._rpc_error(model, exc) from None
+            raise self._rpc_error(model, exc, version) from None
         return response.ready
 
     async def server_ready(self) -> bool:
@@ -316,8 +316,9 @@ class FleetClient:
         )
         return response.ready
 
-    def _rpc_error(self, model: str, exc: grpc.aio.AioRpcError) -> MlopsError:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:
+    def _rpc_error(self, model: str, exc: grpc.aio.AioRpcError, version: str = "") -> MlopsError:
+        # An unknown version says nothing of the model's active one: its spec stays cached.
+        if exc.code() == grpc.StatusCode.NOT_FOUND and not version:
             self._forget(model)
         return map_rpc_error(model, exc)
 
