@@ -129,7 +129,8 @@ def start_baseline(repository: Path, workdir: Path, pinned: bool = False) -> Ser
 
 
 def mlserver_rest_body(rows: list[list[float]]) -> str:
-    """An Open Inference Protocol v2 REST request for MLServer's `/v2/models/<name>/infer`."""
+    """An Open Inference Protocol v2 REST request for `/v2/models/<name>/infer` (MLServer's,
+    and the gateway's)."""
     flat = [value for row in rows for value in row]
     tensor = {"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32"}
     return json.dumps({"inputs": [{**tensor, "data": flat}]})

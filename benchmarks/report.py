@@ -128,6 +128,14 @@ def goals(results: Results) -> list[Goal]:
             "rps",
             2,
         ),
+        _ratio_goal(
+            "OIP REST through the gateway at c=64 vs the gateway's own REST predict",
+            find(results, "gateway", "oip-rest-lr-c64"),
+            find(results, "gateway", "rest-lr-c64"),
+            "rows_per_s",
+            0.85,
+            unit="rows/s",
+        ),
         _rows_goal(results),
     ]
     listed += _swap_goals(results.get("swap"))
@@ -322,9 +330,11 @@ def render_markdown(results: Results, plot_file: str | None = PLOT_FILE) -> str:
         roles = ", ".join(
             f"{role} {cpu / cell['elapsed_s']:.2f}" for role, cpu in cell["server_cpu_s"].items()
         )
+        # Two gateway cells: its own predict route, and the OIP one.
+        oip = " via OIP `/v2/.../infer`" if cell["load"]["key"].startswith("oip-") else ""
         rest_rows.append(
             [
-                label(cell["server"]),
+                label(cell["server"]) + oip,
                 _fmt(cell["rps"]),
                 _fmt(cell["p50_ms"]),
                 _fmt(cell["p99_ms"]),

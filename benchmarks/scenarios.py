@@ -51,6 +51,8 @@ GRPC_LOADS = [
     Load("rf64rows-c16", "grpc", "iris-rf", rows=64, concurrency=16),
 ]
 REST_LOAD = Load("rest-lr-c64", "rest", "iris-lr", rows=1, concurrency=64)
+OIP_REST_LOAD = Load("oip-rest-lr-c64", "rest", "iris-lr", rows=1, concurrency=64)
+"""The same row through the gateway's Open Inference Protocol REST route (`/v2/.../infer`)."""
 PIPELINE_TIMINGS = REPO_ROOT / "tests" / "pipeline_worker" / "last_stage_timings.json"
 END_TO_END_TIMINGS = REPO_ROOT / "tests" / "end_to_end" / "last_timings.json"
 SWAP_MODEL = "iris-lr"
@@ -223,6 +225,9 @@ def gateway_cells(group: ServerGroup, options: Options, plan: Plan, workdir: Pat
     url = f"{group.http_url}/models/{REST_LOAD.model}/predict"
     body = json.dumps({"data": iris_rows(REST_LOAD.rows).tolist()})
     cells = [run_rest(group, REST_LOAD, url, body, options)]
+    oip_url = f"{group.http_url}/v2/models/{OIP_REST_LOAD.model}/infer"
+    oip_body = mlserver_rest_body(iris_rows(OIP_REST_LOAD.rows).tolist())
+    cells.append(run_rest(group, OIP_REST_LOAD, oip_url, oip_body, options))
     if "profile" not in plan.skip:
         gateway_pid = group.procs["gateway"][0].pid
         out = workdir / "profile-gateway.txt"

@@ -13,7 +13,7 @@ from gateway import dashboard
 from gateway.body_limit import BodyLimit, RequestBodyLimit
 from gateway.deps import Resources, open_resources, require_api_key
 from gateway.errors import ConfigError, install_error_handlers
-from gateway.routes import models, pipelines, repos, rollouts, system, webhook, ws
+from gateway.routes import models, pipelines, repos, rollouts, system, v2, webhook, ws
 from mlops_core import gc_tuning
 from mlops_core.settings import Settings, get_settings
 from mlops_core.stranded_pipelines import enqueue_stranded
@@ -30,7 +30,11 @@ REST here or over gRPC (Open Inference Protocol v2) on the fleet, and roll back 
 Every error answers `{"detail": "..."}`; a 422 names each field and its problem without
 echoing what was sent. Bodies larger than `MLOPS_MAX_PREDICT_BYTES` (the webhook:
 `MLOPS_MAX_WEBHOOK_BYTES`) answer 413. With `MLOPS_API_KEY` set, every route but `/health`,
-`/ready` and `/webhook/github` needs `Authorization: Bearer <key>`.
+`/ready`, `/v2/health/*` and `/webhook/github` needs `Authorization: Bearer <key>`.
+
+`/v2/...` speaks the Open Inference Protocol (KServe v2) over REST, with Triton's binary tensor
+data extension, so `tritonclient.http` and other v2 clients work unchanged; its errors answer
+`{"error": "..."}` as that protocol has them.
 """
 
 
@@ -98,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pipelines.router, dependencies=protected)
     app.include_router(models.router, dependencies=protected)
     app.include_router(rollouts.router, dependencies=protected)
+    app.include_router(v2.health_router)  # open, as /health and /ready are
+    app.include_router(v2.router, dependencies=protected)
     app.include_router(ws.router)  # checks the key itself: browsers cannot send headers there
     dashboard.install(app)  # public: the page holds no data, the API calls it makes need the key
     return app

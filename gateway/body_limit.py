@@ -9,7 +9,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import error_response
+from gateway.errors import error_answer
 from mlops_core.errors import MessageTooLarge
 
 
@@ -29,7 +29,7 @@ class RequestBodyLimit:
     runs (not one byte read), and a chunked body as soon as it grows past it.
 
     NOTE: FastAPI's own `max_body_size` does the same but answers a declared oversize body
-    with plain text; every answer of this API is `{"detail": ...}`.
+    with plain text; every answer of this API is `{"detail": ...}` (`{"error": ...}` on `/v2`).
     """
 
     def __init__(self, app: ASGIApp, default: BodyLimit, by_path: Mapping[str, BodyLimit]) -> None:
@@ -44,7 +44,8 @@ class RequestBodyLimit:
         limit = self.by_path.get(scope["path"], self.default)
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit.max_bytes:
-            await error_response(MessageTooLarge.http_status, limit.message)(scope, receive, send)
+            answer = error_answer(scope["path"], MessageTooLarge.http_status, limit.message)
+            await answer(scope, receive, send)
             return
         received = 0
 

@@ -1,5 +1,6 @@
 """The gateway's REST error mapping: the one place every error becomes `{"detail": ...}`
-with the HTTP status its class in `mlops_core.errors` carries."""
+with the HTTP status its class in `mlops_core.errors` carries (on the Open Inference Protocol's
+`/v2` routes, `{"error": ...}`: see `error_answer`)."""
 
 from __future__ import annotations
 
@@ -50,11 +51,32 @@ def error_response(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
+OIP_PREFIX = "/v2"
+"""The Open Inference Protocol's REST routes (`gateway.routes.v2`)."""
+
+
+def speaks_oip(path: str) -> bool:
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
+def error_answer(path: str, status: int, detail: str, **extra: Any) -> JSONResponse:
+    """The error answer for a request to `path`: ours, or the Open Inference Protocol's.
+
+    NOTE: the OIP REST spec (and Triton, whose clients read it) answers every failure as
+    `{"error": "<message>"}` and a request it cannot take as 400: it has no 422, so our 422s
+    (InvalidInput, a path parameter FastAPI refused) are 400 there. Every other status is the
+    one the error's class carries.
+    """
+    if speaks_oip(path):
+        return JSONResponse({"error": detail}, status_code=400 if status == 422 else status)
+    return error_response(status, detail, **extra)
+
+
 async def _error_answer(request: Request, exc: Exception) -> JSONResponse:
     exc = client_error(request, exc)
     extra = {"stage": exc.stage} if isinstance(exc, PipelineError) else {}
     headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
-    response = error_response(exc.http_status, exc.message, **extra)
+    response = error_answer(request.url.path, exc.http_status, exc.message, **extra)
     if headers:
         response.headers.update(headers)
     return response
@@ -83,7 +105,7 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     # NOTE: pydantic's errors carry the submitted `input` (and `ctx`, `url`); they are left out
     # so a 422 never echoes a big body back. Names in `loc` can come from the client too
     # (an unexpected key), so they are clipped like values.
@@ -100,7 +122,7 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     detail = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
     if len(found) > MAX_LISTED_ERRORS:
         detail += f"; and {len(found) - MAX_LISTED_ERRORS} more errors"
-    return error_response(422, detail, errors=errors)
+    return error_answer(request.url.path, 422, detail, errors=errors)
 
 
 def _message(error: Any) -> str:
@@ -120,9 +142,9 @@ def _where(loc: list[str]) -> str:
     return out
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    response = error_response(exc.status_code, str(exc.detail))
+    response = error_answer(request.url.path, exc.status_code, str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
     return response

@@ -1,5 +1,5 @@
-"""The gateway's gRPC client of the inference fleet: one long-lived channel, REST rows in,
-Open Inference Protocol raw tensors out.
+"""The gateway's gRPC client of the inference fleet: one long-lived channel, REST rows (or the
+Open Inference Protocol's REST tensors, `gateway.oip_rest`) in, OIP raw tensors out.
 
 NOTE: the channel balances with gRPC's own `round_robin` over every address the target
 resolves to (a headless Service's DNS name, or `ipv4:host:p1,host:p2` for local replicas),
@@ -18,6 +18,7 @@ import numpy as np
 
 from gateway.coalescer import Answer, RequestCoalescer
 from gateway.errors import preview
+from gateway.oip_rest import InputTensor
 from mlops_core.errors import (
     InternalError,
     InvalidInput,
@@ -180,6 +181,8 @@ class FleetClient:
         self._specs: dict[str, InputSpec] = {}
         self._coalesce_in_flight = coalesce_in_flight
         self._coalescers: dict[tuple[str, InputSpec], RequestCoalescer] = {}
+        self._not_coalesced: set[str] = set()
+        """Models whose inputs REST predict cannot take (several, or not [n, width])."""
 
     async def close(self) -> None:
         await self._channel.close()
@@ -221,6 +224,115 @@ class FleetClient:
                 self._forget(model)
             raise map_rpc_error(model, exc) from None
         return to_prediction(model, answer)
+
+    async def infer(
+        self,
+        model: str,
+        version: str,
+        inputs: list[InputTensor],
+        outputs: list[str],
+        request_id: str = "",
+        routing_key: str | None = None,
+    ) -> Answer:
+        """One ModelInfer of the Open Inference Protocol's REST route: `version` "" goes
+        through the model's routing (canary) like predict, a version pins it. `outputs`: the
+        names asked for, in order; empty, all of them.
+
+        NOTE: a request that predict could have sent (one [n, width] input of the model's
+        active version, no version, no routing key) shares predict's coalescer, so concurrent
+        OIP and predict requests ride in one call: the rows, name and datatype sent are the
+        client's own, so the fleet's answer is the one a call of its own would get.
+        """
+        if not version and routing_key is None and len(inputs) == 1:
+            spec = await self._coalescing_spec(model)
+            tensor = inputs[0]
+            array = tensor.array
+            if (
+                spec is not None
+                and array is not None
+                and array.ndim == 2
+                and array.shape[0] > 0
+                and (tensor.name, tensor.datatype) == (spec.name, spec.datatype)
+                and spec.width in (-1, array.shape[1])
+            ):
+                try:
+                    answer = await self._coalescer(model, spec).submit(array)
+                except grpc.aio.AioRpcError as exc:
+                    raise self._rpc_error(model, exc) from None
+                if all(name in answer.outputs for name in outputs):
+                    wanted = outputs or list(answer.outputs)
+                    return Answer(
+                        answer.model or model,
+                        answer.version,
+                        {name: answer.outputs[name] for name in wanted},
+                    )
+                # An output the model lacks: its own call, so the fleet's message names it.
+        request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+        for tensor in inputs:
+            request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            request.raw_input_contents.append(tensor.raw_contents())
+        for name in outputs:
+            request.outputs.add(name=name)
+        metadata = self._metadata
+        if routing_key is not None:
+            metadata = (*(metadata or ()), (ROUTING_KEY_METADATA, routing_key))
+        try:
+            response = await self._stub.ModelInfer(
+                request, timeout=PREDICT_TIMEOUT_S, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._rpc_error(model, exc, version) from None
+        try:
+            arrays = response_arrays(response)
+        except (KeyError, ValueError) as exc:
+            raise UpstreamError(f"the fleet answered outputs REST cannot carry: {exc}") from None
+        return Answer(response.model_name or model, response.model_version, arrays)
+
+    async def model_metadata(self, model: str, version: str = "") -> pb.ModelMetadataResponse:
+        try:
+            return await self._stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=model, version=version),
+                timeout=PREDICT_TIMEOUT_S,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._rpc_error(model, exc, version) from None
+
+    async def model_ready(self, model: str, version: str = "") -> bool:
+        try:
+            response = await self._stub.ModelReady(
+                pb.ModelReadyRequest(name=model, version=version),
+                timeout=PREDICT_TIMEOUT_S,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._rpc_error(model, exc, version) from None
+        return response.ready
+
+    async def server_ready(self) -> bool:
+        """Whether the fleet (the replica the channel picks) says it is ready."""
+        response = await self._stub.ServerReady(
+            pb.ServerReadyRequest(), timeout=PREDICT_TIMEOUT_S, metadata=self._metadata
+        )
+        return response.ready
+
+    def _rpc_error(self, model: str, exc: grpc.aio.AioRpcError, version: str = "") -> MlopsError:
+        # An unknown version says nothing of the model's active one: its spec stays cached.
+        if exc.code() == grpc.StatusCode.NOT_FOUND and not version:
+            self._forget(model)
+        return map_rpc_error(model, exc)
+
+    async def _coalescing_spec(self, model: str) -> InputSpec | None:
+        """The model's cached input spec; read once when missing, and None for a model whose
+        inputs predict's coalescer cannot carry."""
+        spec = self._specs.get(model)
+        if spec is not None or model in self._not_coalesced:
+            return spec
+        try:
+            return await self._input_spec(model)
+        except InvalidInput:
+            self._not_coalesced.add(model)
+            return None
 
     def _coalescer(self, model: str, spec: InputSpec) -> RequestCoalescer:
         coalescer = self._coalescers.get((model, spec))
@@ -267,5 +379,6 @@ class FleetClient:
 
     def _forget(self, model: str) -> None:
         self._specs.pop(model, None)
+        self._not_coalesced.discard(model)
         for key in [k for k in self._coalescers if k[0] == model]:
             del self._coalescers[key]  # requests it holds still finish on it

@@ -382,3 +382,136 @@ class AliasEventOut(BaseModel):
 class ModelHistory(BaseModel):
     model: str
     events: list[AliasEventOut] = Field(description="Newest first")
+
+
+# --- the Open Inference Protocol's REST routes (/v2) --------------------------------------
+# NOTE: for the OpenAPI document only: the infer route parses and writes its bodies itself
+# (`gateway.oip_rest`), so no tensor is ever validated by pydantic.
+
+
+class OipErrorOut(BaseModel):
+    """Every 4xx and 5xx answer of the `/v2` routes, in the protocol's shape."""
+
+    error: str = Field(examples=["input 'input' has shape [1, 3]; the model expects FP32 [N, 4]"])
+
+
+def oip_error_responses(*errors: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """`error_responses` for the `/v2` routes: `{"error": ...}`, and 400 for a refused input
+    (the protocol has no 422)."""
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {
+            "model": OipErrorOut,
+            "content": {"application/json": {"example": {"error": message}}},
+        }
+        for status, message in errors
+    }
+    # NOTE: in place of the 422 FastAPI would list for path parameters: on /v2 a model name
+    # or version that is not one is a 400 like any refused request.
+    responses["4XX"] = {"model": OipErrorOut, "description": "Any other refused request"}
+    return responses
+
+
+class ServerMetadataOut(BaseModel):
+    name: str = Field(examples=["mlops-gateway"])
+    version: str = Field(examples=["0.1.0"])
+    extensions: list[str] = Field(examples=[["binary_tensor_data"]])
+
+
+class TensorMetadataOut(BaseModel):
+    name: str = Field(examples=["input"])
+    datatype: str = Field(examples=["FP32"])
+    shape: list[int] = Field(description="-1: a variable dimension", examples=[[-1, 4]])
+
+
+class ModelMetadataOut(BaseModel):
+    name: str = Field(examples=["iris-classifier"])
+    versions: list[str] = Field(description="The versions the fleet holds", examples=[["1", "2"]])
+    platform: str = Field(examples=["onnxruntime_onnx"])
+    inputs: list[TensorMetadataOut]
+    outputs: list[TensorMetadataOut]
+
+
+class LiveOut(BaseModel):
+    live: bool = Field(examples=[True])
+
+
+class OipReadyOut(BaseModel):
+    ready: bool = Field(examples=[True])
+
+
+class ModelReadyOut(BaseModel):
+    name: str = Field(examples=["iris-classifier"])
+    ready: bool = Field(examples=[True])
+
+
+class InferOutputOut(BaseModel):
+    name: str = Field(examples=["label"])
+    datatype: str = Field(examples=["INT64"])
+    shape: list[int] = Field(examples=[[1]])
+    data: list[Any] | None = Field(
+        None, description="Flat, row-major; absent when sent as binary data", examples=[[0]]
+    )
+    parameters: dict[str, Any] | None = Field(
+        None, description='`{"binary_data_size": N}` for an output sent as binary data'
+    )
+
+
+class InferResponseOut(BaseModel):
+    model_name: str = Field(examples=["iris-classifier"])
+    model_version: str = Field(description="The version that answered", examples=["1"])
+    id: str | None = Field(None, description="The request's, when it had one", examples=["req-1"])
+    outputs: list[InferOutputOut]
+
+
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "description": '`{"binary_data_output": true}`: every output not named in '
+            "`outputs` as binary data",
+        },
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "examples": ["FP32", "INT64", "BYTES"]},
+                    "data": {"type": "array", "description": "Flat (row-major) or nested"},
+                    "parameters": {
+                        "type": "object",
+                        "description": '`{"binary_data_size": N}`: the values are N bytes '
+                        "after the JSON header (Inference-Header-Content-Length)",
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {
+                        "type": "object",
+                        "description": '`{"binary_data": true}`: this output as binary data',
+                    },
+                },
+            },
+        },
+    },
+    "examples": [
+        {
+            "id": "req-1",
+            "inputs": [
+                {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
+            ],
+        }
+    ],
+}

@@ -30,6 +30,7 @@ def test_each_goal_has_its_ratio_and_verdict(results):
         "gRPC single-row LR, c=64: req/s vs minimal grpcio + onnxruntime": (2.0, True),
         "gRPC single-row LR, c=1: p50 vs minimal grpcio + onnxruntime (idle cost)": (0.8, True),
         "REST predict, c=64: gateway req/s vs MLServer's best REST": (1.667, False),
+        "OIP REST through the gateway at c=64 vs the gateway's own REST predict": (0.9, True),
         "64-row RF requests: rows/s vs in-process onnxruntime (64-row calls, one thread)": (
             0.267,
             False,

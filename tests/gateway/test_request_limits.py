@@ -112,6 +112,11 @@ def test_a_body_past_the_limit_is_413(api: httpx.Client):
     # Every route is held to the limit, not only predict.
     response = api.post("/repos", content=b" " * (LIMIT + 1), headers={"Content-Type": "x"})
     assert response.status_code == 413
+    # The Open Inference Protocol's routes too, in its error shape, declared or chunked.
+    for content in (padded(LIMIT + 1), chunks()):
+        response = api.post("/v2/models/iris/infer", content=content)
+        assert response.status_code == 413
+        assert response.json() == {"error": TOO_LARGE["detail"]}
 
 
 def test_a_declared_oversize_body_is_refused_before_it_is_sent(limited: Gateway):
