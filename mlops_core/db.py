@@ -24,6 +24,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -206,8 +207,21 @@ def make_engine(url: str) -> Engine:
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    _create_schema(engine)
     return engine
+
+
+def _create_schema(engine: Engine, attempts: int = 5) -> None:
+    # NOTE: processes starting together on a fresh database (two gateway workers, say) each
+    # see a table missing and create it, and all but one fail with "already exists"; create_all
+    # checks before it creates, so trying again finishes whatever the other process left.
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise
 
 
 def checkpoint(engine: Engine) -> None:
