@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,16 @@ def run(plan: Plan, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
     if "ceiling" not in plan.skip:
         results["ceilings"] = ceilings(repo, plan.replicas)
     loads = [g for g in GRPC_LOADS if plan.loads is None or g.key in plan.loads]
+    beside = None if "ceiling" in plan.skip else partial(fleet_ceiling, repo, plan.replicas)
     for key in server_keys(plan):
         print(f"{key}:", flush=True)
         start = server_starter(key, repo, workdir, joblib_files, mlserver)
         rest = key.startswith("mlserver") and "rest" not in plan.skip
         results["cells"] += with_group(
-            start, results, key, lambda g, rest=rest: server_cells(g, loads, rest, options)
+            start,
+            results,
+            key,
+            lambda g, rest=rest: server_cells(g, loads, rest, options, beside),
         )
     if "rest" not in plan.skip:
         print(f"gateway over ours-{plan.replicas}r (fleet mode):", flush=True)
@@ -133,11 +138,6 @@ def run(plan: Plan, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
     if "profile" not in plan.skip:
         results["profile"] = results.get("profile", {})
         results["profile"]["replica"] = profile_replica(repo, logs, options, workdir)
-    if "ceiling" not in plan.skip:
-        # NOTE: measured again once the servers are done, keeping each figure's faster
-        # measurement: on a shared machine a ceiling taken in one bad minute would flatter
-        # every ratio against it.
-        results["ceilings"] = faster_of(results["ceilings"], ceilings(repo, plan.replicas))
     results["pipeline"] = pipeline_figure()
     results["meta"]["loadavg_end"] = os.getloadavg()
     return results
@@ -188,9 +188,39 @@ def server_starter(
     return start
 
 
-def server_cells(group: ServerGroup, loads: list[Load], rest: bool, options: Options) -> list:
-    """The gRPC loads, then (for MLServer) the REST load on its v2 endpoint."""
-    cells = [run_grpc(group, load, options) for load in loads]
+def server_cells(
+    group: ServerGroup,
+    loads: list[Load],
+    rest: bool,
+    options: Options,
+    beside: Callable[[int], dict[str, Any]] | None = None,
+) -> list:
+    """The gRPC loads, then (for MLServer) the REST load on its v2 endpoint. `beside(rows)`,
+    when given, measures the in-process ceiling right before and right after each many-row
+    cell, which keeps their mean as its own `ceiling`."""
+    cells = []
+    for load in loads:
+        if beside is None or load.rows == 1:
+            cells.append(run_grpc(group, load, options))
+            continue
+        # NOTE: this machine's speed drifts by tens of percent within minutes, and other work
+        # shares it; a ceiling measured minutes away from the cell would make the ratio a
+        # comparison of two moments rather than of the server with the model.
+        before = beside(load.rows)
+        cell = run_grpc(group, load, options)
+        after = beside(load.rows)
+        cell["ceiling"] = {
+            "rows_per_s": (before["rows_per_s"] + after["rows_per_s"]) / 2,
+            "measured_rows_per_s": [before["rows_per_s"], after["rows_per_s"]],
+            "how": f"{before['how']} / {after['how']}",
+        }
+        print(
+            f"    in-process beside it: {before['rows_per_s']:.0f} / {after['rows_per_s']:.0f} "
+            f"rows/s, the cell {cell['rows_per_s'] / cell['ceiling']['rows_per_s']:.2f} of "
+            "their mean",
+            flush=True,
+        )
+        cells.append(cell)
     if rest:
         body = mlserver_rest_body(iris_rows(REST_LOAD.rows).tolist())
         url = f"{group.http_url}/v2/models/{REST_LOAD.model}/infer"
@@ -302,11 +332,22 @@ def swap_scenario(workdir: Path, plan: Plan) -> dict[str, Any]:
     return result
 
 
+def fleet_cpus(replicas: int) -> list[int]:
+    """The CPUs an N-replica fleet is pinned to (`start_replicas`); empty without pinning."""
+    return sorted({int(cpu) for i in range(replicas) if (cpu := replica_cpu(i)) is not None})
+
+
+def fleet_ceiling(repo: Path, replicas: int, rows: int) -> dict[str, Any]:
+    """In-process RF on the fleet's CPUs, one thread per CPU, `rows`-row calls."""
+    rf = repo / "iris-rf" / "1" / "model.onnx"
+    return ort_ceiling_on_cpus(rf, rows=rows, width=4, cpus=fleet_cpus(replicas) or [0])
+
+
 def ceilings(repo: Path, replicas: int) -> dict[str, dict[str, Any]]:
     """In-process onnxruntime: one thread, and on the CPUs the N-replica fleet is pinned to
     (the many-rows goals' ceiling): the figures no server of the same model can pass."""
     lr, rf = repo / "iris-lr" / "1" / "model.onnx", repo / "iris-rf" / "1" / "model.onnx"
-    cpus = sorted({int(cpu) for i in range(replicas) if (cpu := replica_cpu(i)) is not None})
+    cpus = fleet_cpus(replicas)
     figures: dict[str, dict[str, Any]] = {
         "lr-1row": ort_ceiling(lr, rows=1, width=4),
         "rf-1row": ort_ceiling(rf, rows=1, width=4),
@@ -326,18 +367,6 @@ def ceilings(repo: Path, replicas: int) -> dict[str, dict[str, Any]]:
             flush=True,
         )
     return figures
-
-
-def faster_of(
-    first: dict[str, dict[str, Any]], second: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Per ceiling, the measurement with more rows/s, with the rows/s of both."""
-    merged = {}
-    for name, figure in first.items():
-        other = second.get(name, figure)
-        best = max(figure, other, key=lambda f: f["rows_per_s"])
-        merged[name] = {**best, "measured_rows_per_s": [figure["rows_per_s"], other["rows_per_s"]]}
-    return merged
 
 
 def pipeline_figure() -> dict[str, Any]:

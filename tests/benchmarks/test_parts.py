@@ -10,7 +10,7 @@ from pathlib import Path
 from benchmarks.measure import CpuMeter, descendants
 from benchmarks.peers import mlserver_rest_body, write_mlserver_folder
 from benchmarks.profile import top_frames
-from benchmarks.scenarios import Plan, faster_of, server_keys
+from benchmarks.scenarios import Plan, server_keys
 from benchmarks.swap import Call, phase_summary
 
 COLLAPSED = """\
@@ -107,15 +107,3 @@ def test_cpu_meter_counts_a_process_tree():
         parent.wait()
     assert used > 0.1, "the busy grandchild's CPU is the server's"
 
-
-def test_a_ceiling_keeps_its_faster_measurement_of_the_run():
-    start = {"rf-64rows-fleet": {"rows_per_s": 900.0, "us_per_call": 10.0, "how": "one"}}
-    end = {"rf-64rows-fleet": {"rows_per_s": 1000.0, "us_per_call": 9.0, "how": "two"}}
-    assert faster_of(start, end) == {
-        "rf-64rows-fleet": {
-            "rows_per_s": 1000.0,
-            "us_per_call": 9.0,
-            "how": "two",
-            "measured_rows_per_s": [900.0, 1000.0],
-        }
-    }

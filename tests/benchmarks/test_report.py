@@ -39,6 +39,14 @@ def test_each_goal_has_its_ratio_and_verdict(results):
     }
 
 
+def test_a_many_row_cell_is_compared_with_the_ceiling_measured_beside_it(results):
+    cell = next(c for c in results["cells"] if c["load"]["key"] == "rf1024rows-c16")
+    cell["ceiling"] = {"rows_per_s": 2_048_000.0, "how": "beside"}
+    goal = next(g for g in report.goals(results) if g.goal.startswith("1024-row"))
+    assert (goal.ratio, goal.met) == (0.4, False)
+    assert "2,048,000 rows/s (beside)" in goal.measured
+
+
 def test_the_peer_side_is_its_best_configuration(results):
     goal = report.goals(results)[0]
     assert "(MLServer 1.7.1, adaptive batching (32, 2 ms))" in goal.measured
