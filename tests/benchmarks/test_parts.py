@@ -106,4 +106,3 @@ def test_cpu_meter_counts_a_process_tree():
             subprocess.run(["kill", str(pid)], check=False)
         parent.wait()
     assert used > 0.1, "the busy grandchild's CPU is the server's"
-
