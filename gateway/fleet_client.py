@@ -38,6 +38,7 @@ from mlops_core.signature import OIP_TO_NUMPY
 SERVICE = "inference.GRPCInferenceService"
 PREDICT_TIMEOUT_S = 10.0
 RETRY_ATTEMPTS = 3
+DNS_MIN_INTERVAL_MS = 1000
 
 
 def service_config() -> str:
@@ -171,6 +172,11 @@ class FleetClient:
             options=[
                 ("grpc.service_config", service_config()),
                 ("grpc.enable_retries", 1),
+                # NOTE: a replica's GOAWAY (its connection age, `inference.server`) makes the
+                # channel resolve a `dns:` target again, but by default no sooner than 30 s
+                # after the last resolution; 1 s lets a replica added since be reached within
+                # about one connection age, for one small DNS query per second at most.
+                ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_INTERVAL_MS),
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
             ],

@@ -114,6 +114,7 @@ class Replica:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1),
+                *connection_age_options(self.settings),
             ],
             # NOTE: no interceptor at all without a key: the hot path stays as it was.
             interceptors=[ApiKeyInterceptor(key)] if key else [],
@@ -206,6 +207,24 @@ class Replica:
 
     def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+
+
+def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC server options that end each connection after the configured age.
+
+    NOTE: grpcio clients resolve a DNS name again only when a connection ends (grpc/grpc#30015),
+    so without an age a client balancing over a headless Service never learns of a replica
+    added after it connected. The GOAWAY lets calls in flight finish within the grace period
+    while new ones move to another (or a new) connection, so no call fails."""
+    if settings.grpc_max_connection_age_s <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", round(settings.grpc_max_connection_age_s * 1000)),
+        (
+            "grpc.max_connection_age_grace_ms",
+            round(settings.grpc_max_connection_age_grace_s * 1000),
+        ),
+    ]
 
 
 def _advertised_host() -> str:

@@ -228,6 +228,20 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(180.0, validation_alias=_env("MLOPS_READY_TIMEOUT_S"))
     """How long `make run` waits for every service to be ready before it gives up."""
 
+    # --- connection age (replicas behind DNS) ---------------------------------------------
+    grpc_max_connection_age_s: float = Field(
+        300.0, ge=0, validation_alias=_env("MLOPS_GRPC_MAX_CONNECTION_AGE_S")
+    )
+    """A replica ends each client connection after this long (gRPC GOAWAY; grpc adds up to
+    10 % of jitter), so clients that resolve the fleet's DNS name only when a connection ends
+    (grpcio does, issue grpc/grpc#30015), such as the gateway, find replicas added since. 0
+    keeps connections for ever."""
+    grpc_max_connection_age_grace_s: float = Field(
+        30.0, ge=0, validation_alias=_env("MLOPS_GRPC_MAX_CONNECTION_AGE_GRACE_S")
+    )
+    """How long calls in flight on an aged connection may still run before it is closed; new
+    calls go to a fresh connection at once. Longer than the slowest prediction."""
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()

@@ -31,13 +31,21 @@ def test_each_goal_has_its_ratio_and_verdict(results):
         "gRPC single-row LR, c=1: p50 vs minimal grpcio + onnxruntime (idle cost)": (0.8, True),
         "REST predict, c=64: gateway req/s vs MLServer's best REST": (1.667, False),
         "OIP REST through the gateway at c=64 vs the gateway's own REST predict": (0.9, True),
-        "64-row RF requests: rows/s vs in-process onnxruntime (64-row calls, one thread)": (
-            0.267,
-            False,
-        ),
         "20 version swaps under load: p99 vs steady p99": (1.3, True),
         "… and errors": (None, True),
+        "64-row RF requests, c=16: rows/s vs in-process onnxruntime "
+        "(64-row calls, one thread per fleet CPU)": (0.2, False),
+        "1024-row RF requests, c=16: rows/s vs in-process onnxruntime "
+        "(1024-row calls, one thread per fleet CPU)": (0.8, True),
     }
+
+
+def test_a_many_row_cell_is_compared_with_the_ceiling_measured_beside_it(results):
+    cell = next(c for c in results["cells"] if c["load"]["key"] == "rf1024rows-c16")
+    cell["ceiling"] = {"rows_per_s": 2_048_000.0, "how": "beside"}
+    goal = next(g for g in report.goals(results) if g.goal.startswith("1024-row"))
+    assert (goal.ratio, goal.met) == (0.4, False)
+    assert "2,048,000 rows/s (beside)" in goal.measured
 
 
 def test_the_peer_side_is_its_best_configuration(results):
