@@ -31,8 +31,14 @@ def as_mlops_error(exc: Exception, method: str) -> MlopsError:
     )
 
 
+RETRY_AFTER_METADATA = "retry-after-ms"
+
+
 def abort(context: grpc.ServicerContext, error: MlopsError) -> NoReturn:
-    """End the call with the error's gRPC code and message."""
+    """End the call with the error's gRPC code and message, and its retry hint if it has one
+    (trailing metadata `retry-after-ms`)."""
+    if error.retry_after_ms is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_METADATA, str(error.retry_after_ms)),))
     context.abort(error.grpc_code, error.message)
     raise AssertionError("unreachable: ServicerContext.abort raises")
 

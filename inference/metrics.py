@@ -70,6 +70,41 @@ class ReplicaMetrics:
             ("model",),
             registry=self.registry,
         )
+        # The memory budget (MLOPS_REPLICA_MEMORY_BUDGET_MB): what each resident version takes,
+        # and how often versions come and go.
+        self.memory_budget = Gauge(
+            "mlops_inference_memory_budget_bytes",
+            "Memory the resident versions may take together; 0: unlimited.",
+            registry=self.registry,
+        )
+        self.resident_memory = Gauge(
+            "mlops_inference_resident_memory_bytes",
+            "Memory the resident versions take together, as measured when each loaded.",
+            registry=self.registry,
+        )
+        self.version_memory = Gauge(
+            "mlops_inference_version_memory_bytes",
+            "Memory a resident version took when it loaded.",
+            labels,
+            registry=self.registry,
+        )
+        self.version_loads = Counter(
+            "mlops_inference_version_loads",
+            "Versions loaded into memory.",
+            registry=self.registry,
+        )
+        self.version_evictions = Counter(
+            "mlops_inference_version_evictions",
+            "Versions unloaded to make room under the memory budget.",
+            registry=self.registry,
+        )
+        self.cold_load_waits = Counter(
+            "mlops_inference_cold_load_waits",
+            "Requests that found their version not resident and waited for it to load, by "
+            "outcome: served, timeout (not loaded within the wait) or no_room (budget full).",
+            ("outcome",),
+            registry=self.registry,
+        )
         # The mirror: requests answered by the active version and also run, off the response
         # path, on a candidate (the version in the labels); its answers go to no one.
         self.mirror_requests = Counter(

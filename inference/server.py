@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from inference.api_key import ApiKeyInterceptor
+from inference.memory import rss_bytes
 from inference.metrics import ReplicaMetrics
 from inference.reconcile import FleetReconciler
 from inference.repository import BatchingPolicy, ModelRepository
@@ -29,7 +30,8 @@ from inference.sources import (
 )
 from inference.status_http import StatusHttpServer
 from mlops_core import gc_tuning
-from mlops_core.errors import MlopsError
+from mlops_core.errors import MlopsError, ModelNotResident
+from mlops_core.fleet_state import DesiredModel
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 from mlops_core.settings import Settings
 
@@ -53,13 +55,18 @@ class ReplicaOptions:
 
 async def load_standalone(repository: ModelRepository, root: Path) -> None:
     """Load the newest `keep_versions` versions of every model on disk; the newest that loads
-    becomes active."""
+    becomes active. Under a memory budget, versions load while they fit in free room; the
+    newest version of each model is its desired active one, loaded by its first request."""
     for name in models_on_disk(root):
         versions = versions_on_disk(root, name)[-repository.keep_versions :]
+        newest_first = list(reversed(versions))
+        repository.set_desired(name, DesiredModel(active=newest_first[0], warm=newest_first[1:]))
         active: str | None = None
-        for version in reversed(versions):
+        for version in newest_first:
             try:
-                await repository.load(name, version)
+                await repository.load(name, version, make_room=False)
+            except ModelNotResident:
+                break  # the budget is full: the rest load on demand
             except MlopsError as exc:
                 log.error("skipping %s version %s: %s", name, version, exc.message)
                 continue
@@ -84,6 +91,8 @@ class Replica:
             ),
             keep_versions=settings.keep_versions,
             intra_op_threads=settings.ort_intra_op_threads,
+            memory_budget_bytes=settings.replica_memory_budget_mb * 2**20,
+            cold_load_wait_s=settings.cold_load_wait_s,
         )
         self.ready = False
         self.health = health.HealthServicer()
@@ -197,8 +206,32 @@ class Replica:
             "ready": self.ready,
             "replica_id": self.settings.replica_id,
             "models": served,
+            "memory": self._memory(),
         }
         return 200, "application/json", json.dumps(body).encode()
+
+    def _memory(self) -> dict[str, object]:
+        """The memory budget's state: resident versions and their measured bytes, and how
+        often versions were loaded, evicted and waited for (the /metrics counters)."""
+        resident = self.repository.resident()
+        sample = self.metrics.registry.get_sample_value
+        return {
+            "budget_bytes": self.repository.memory_budget_bytes,
+            "resident_bytes": sum(loaded.memory_bytes for loaded in resident.values()),
+            "process_rss_bytes": rss_bytes(),
+            "resident_versions": {
+                f"{name}/{version}": loaded.memory_bytes
+                for (name, version), loaded in sorted(resident.items())
+            },
+            "loads": int(sample("mlops_inference_version_loads_total") or 0),
+            "evictions": int(sample("mlops_inference_version_evictions_total") or 0),
+            "cold_load_waits": {
+                outcome: int(
+                    sample("mlops_inference_cold_load_waits_total", {"outcome": outcome}) or 0
+                )
+                for outcome in ("served", "timeout", "no_room")
+            },
+        }
 
     def _ready(self) -> tuple[int, str, bytes]:
         status = 200 if self.ready else 503
