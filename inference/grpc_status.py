@@ -12,7 +12,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from mlops_core.errors import InternalError, MlopsError
+from mlops_core.errors import RETRY_AFTER_METADATA, InternalError, MlopsError
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,6 @@ def as_mlops_error(exc: Exception, method: str) -> MlopsError:
         f"{method} failed inside the inference replica: a server fault, not a problem with "
         "the request; the replica's log has the details"
     )
-
-
-RETRY_AFTER_METADATA = "retry-after-ms"
 
 
 def abort(context: grpc.ServicerContext, error: MlopsError) -> NoReturn:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import grpc
 
+RETRY_AFTER_METADATA = "retry-after-ms"
+"""gRPC trailing metadata carrying an error's `retry_after_ms`."""
+
 
 class MlopsError(Exception):
     """Base of every error a user or client can cause or act on."""
