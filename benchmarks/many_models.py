@@ -10,11 +10,8 @@ is measured.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import statistics
-import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,9 +21,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks import iris_models
-from benchmarks.cells import Load, Options, run_grpc
-from benchmarks.processes import ManagedProcess
-from benchmarks.servers import ServerGroup, start_redis, start_replicas
 from mlops_core import fleet_state
 
 KINDS = ("lr", "linreg")
@@ -80,9 +74,7 @@ async def desire_models(redis_url: str, names: Sequence[str]) -> None:
     redis = Redis.from_url(redis_url)
     try:
         value = json.dumps({"active": "1", "warm": []})
-        await redis.hset(  # type: ignore[misc]  # redis-py#2399
-            fleet_state.DESIRED_KEY, mapping=dict.fromkeys(names, value)
-        )
+        await redis.hset(fleet_state.DESIRED_KEY, mapping=dict.fromkeys(names, value))
         await redis.publish(fleet_state.CHANGED_CHANNEL, "many-models")
     finally:
         await redis.aclose()
@@ -90,4 +82,4 @@ async def desire_models(redis_url: str, names: Sequence[str]) -> None:
 
 def health(http_url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{http_url}/health", timeout=5) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
+        return json.loads(response.read())

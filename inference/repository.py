@@ -48,14 +48,15 @@ from mlops_core.signature import MODEL_FILE, ModelSignature
 
 log = logging.getLogger(__name__)
 
-RECENT_USE_S = 0.25
-"""A version used this recently is not evicted: it is hot, or a request that just waited for
-its load is about to run on it. Longer protects more of the working set from a burst of cold
-loads (which then wait or get UNAVAILABLE instead); the least recently used order does the
-rest."""
-RETRY_AFTER_MS = 250
+RECENT_USE_S = 0.05
+"""A version used this recently is not evicted: it is hot (over 20 requests a second), or a
+request that just waited for its load is about to run on it. The least recently used order
+does the rest. NOTE: kept short because a client sweeping through more models than the
+budget holds faster than this gets UNAVAILABLE for the next one (the whole working set is
+pinned); a longer pin would protect hot models from bursts of cold loads at that price."""
+RETRY_AFTER_MS = 100
 """The retry hint of a request that could not wait for its version: a load of a small model
-takes milliseconds, and a recently used version becomes evictable within RECENT_USE_S."""
+takes milliseconds, and a recently used version becomes evictable after RECENT_USE_S."""
 
 VersionKey = tuple[str, str]
 
@@ -99,8 +100,10 @@ class LoadedVersion:
         self.model = model
         self.memory_bytes = 0
         """What loading it took (`inference.memory`), counted against the memory budget."""
-        self.last_used = time.monotonic()
-        """Set by every request (a float store, tens of ns): the LRU order of eviction."""
+        self.last_used = time.monotonic() - RECENT_USE_S
+        """Set by every request (a float store, tens of ns): the LRU order of eviction. A load
+        counts as a use for that order, but not for the recent-use pin: a version loaded by
+        the fleet's desired state and never asked for is not protected from eviction."""
         self.in_flight: deque[None] = deque()
         """One item per request running on it now. NOTE: a deque, as its append and pop are
         atomic under the GIL on the gRPC threads, where `n += 1` is a read-modify-write."""
@@ -244,6 +247,9 @@ class ModelRepository:
         self._signatures: dict[VersionKey, ModelSignature] = {}
         """Signatures of versions loaded once, for ModelMetadata while they are not resident."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loading_into_free_room: set[VersionKey] = set()
+        self._runtime_set_up = False
+        """Loads in `_loading` that may not evict (`load(make_room=False)`)."""
 
     # --- serving -------------------------------------------------------------------------
     def resolve(
@@ -436,11 +442,24 @@ class ModelRepository:
         if task is None:
             task = self._loop.create_task(self._load(name, version, make_room))
             self._loading[key] = task
+            if not make_room:
+                self._loading_into_free_room.add(key)
+        shared_without_room = key in self._loading_into_free_room
         try:
             return await asyncio.shield(task)
+        except ModelNotResident:
+            if not (make_room and shared_without_room):
+                raise
+            # NOTE: the load this caller joined would only use free room (a resync's); a
+            # request's load may evict, so it tries again as its own.
+            if self._loading.get(key) is task:
+                del self._loading[key]
+                self._loading_into_free_room.discard(key)
+            return await self.load(name, version, make_room=True)
         finally:
-            if task.done():
+            if task.done() and self._loading.get(key) is task:
                 self._loading.pop(key, None)
+                self._loading_into_free_room.discard(key)
 
     async def _load(self, name: str, version: str, make_room: bool) -> LoadedVersion:
         entry = self._models[name]
@@ -449,9 +468,18 @@ class ModelRepository:
             async with self._open_lock:
                 file_bytes = _file_size(directory / MODEL_FILE)
                 self._make_room(self._estimate(name, version, file_bytes), evict=make_room)
+                set_up: OnnxModel | None = None
+                if not self._runtime_set_up:
+                    # NOTE: the first session in a process also sets onnxruntime up (about
+                    # 9 MiB of resident set here), a cost no one version should be charged.
+                    # It stays open while the measured one opens, which would else reuse
+                    # the memory it freed and measure less than it takes.
+                    set_up = await asyncio.to_thread(self._open_and_warm, directory)
+                    self._runtime_set_up = True
                 before = MemorySnapshot.take()
                 model = await asyncio.to_thread(self._open_and_warm, directory)
                 size = MemorySnapshot.take().growth_since(before, floor=file_bytes)
+                del set_up
         except ModelNotResident:
             raise  # no room now: not a failure of the version
         except MlopsError as exc:
@@ -473,7 +501,8 @@ class ModelRepository:
         self._account()
         if self.memory_budget_bytes:
             try:
-                self._make_room(0, evict=True)  # the estimate was low: trim the overshoot
+                # the estimate was low: trim the overshoot, never the version just loaded
+                self._make_room(0, evict=True, keep=loaded)
             except ModelNotResident:
                 log.warning(
                     "resident versions take %d bytes, over the %d-byte budget: none is evictable",
@@ -494,15 +523,15 @@ class ModelRepository:
         return loaded
 
     def _estimate(self, name: str, version: str, file_bytes: int) -> int:
-        """What a version will take: its size when it last loaded, else the mean of the sizes
+        """What a version will take: its size when it last loaded, else the median of the sizes
         measured so far (models on one replica tend to be alike), at least its file's size."""
         known = self._sizes.get((name, version))
         if known is not None:
             return known
-        sizes = self._sizes.values()
-        return max(file_bytes, sum(sizes) // len(sizes) if sizes else 0)
+        sizes = sorted(self._sizes.values())
+        return max(file_bytes, sizes[len(sizes) // 2] if sizes else 0)
 
-    def _make_room(self, needed: int, *, evict: bool) -> None:
+    def _make_room(self, needed: int, *, evict: bool, keep: LoadedVersion | None = None) -> None:
         """Unload least recently used evictable versions until `needed` more bytes fit in the
         budget; unload nothing and raise ModelNotResident if they cannot be freed."""
         budget = self.memory_budget_bytes
@@ -519,7 +548,11 @@ class ModelRepository:
             )
         now = time.monotonic()
         victims = sorted(
-            (loaded for key, loaded in resident.items() if self._evictable(key, loaded, now)),
+            (
+                loaded
+                for key, loaded in resident.items()
+                if loaded is not keep and self._evictable(key, loaded, now)
+            ),
             key=lambda loaded: loaded.last_used,
         )
         chosen: list[LoadedVersion] = []
@@ -529,10 +562,12 @@ class ModelRepository:
             chosen.append(loaded)
             free += loaded.memory_bytes
         if free < needed:
+            in_flight = sum(1 for loaded in resident.values() if loaded.in_flight)
+            recent = sum(1 for v in resident.values() if now - v.last_used < RECENT_USE_S)
             raise ModelNotResident(
                 f"the replica's memory budget ({budget} bytes) is full: {len(resident)} resident "
-                f"versions, {len(resident) - len(victims)} of them in flight, recently used or "
-                "a rollout's candidate",
+                f"versions, {len(resident) - len(victims)} of them pinned ({in_flight} in "
+                f"flight, {recent} used in the last {RECENT_USE_S}s, or a rollout's candidate)",
                 RETRY_AFTER_MS,
             )
         for loaded in chosen:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,12 +216,17 @@ class Replica:
         often versions were loaded, evicted and waited for (the /metrics counters)."""
         resident = self.repository.resident()
         sample = self.metrics.registry.get_sample_value
+        now = time.monotonic()
         return {
             "budget_bytes": self.repository.memory_budget_bytes,
             "resident_bytes": sum(loaded.memory_bytes for loaded in resident.values()),
             "process_rss_bytes": rss_bytes(),
             "resident_versions": {
-                f"{name}/{version}": loaded.memory_bytes
+                f"{name}/{version}": {
+                    "bytes": loaded.memory_bytes,
+                    "idle_s": round(now - loaded.last_used, 3),
+                    "in_flight": len(loaded.in_flight),
+                }
                 for (name, version), loaded in sorted(resident.items())
             },
             "loads": int(sample("mlops_inference_version_loads_total") or 0),

@@ -14,7 +14,13 @@ from benchmarks import iris_models
 from benchmarks.many_models import ModelSet, write_models
 from benchmarks.processes import free_port
 from inference.metrics import ReplicaMetrics
-from inference.repository import RECENT_USE_S, RETRY_AFTER_MS, BatchingPolicy, ModelRepository
+from inference.repository import (
+    RECENT_USE_S,
+    RETRY_AFTER_MS,
+    BatchingPolicy,
+    ModelRepository,
+    NotResident,
+)
 from inference.server import Replica, ReplicaOptions
 from inference.sources import DirectorySource
 from mlops_core.errors import RETRY_AFTER_METADATA, ModelNotResident
@@ -129,8 +135,8 @@ async def test_concurrent_requests_share_one_bounded_cold_load(models, lr_size):
     def request() -> str:
         try:
             return repo.resolve("model-002", None).version
-        except ModelNotResident as missing:
-            repo.wait_for_load(missing)  # type: ignore[arg-type]
+        except NotResident as missing:
+            repo.wait_for_load(missing)
             return repo.resolve("model-002", None).version
 
     # The load is held at its fetch: every waiter gives up after 0.3 s with a retry hint.
@@ -140,7 +146,7 @@ async def test_concurrent_requests_share_one_bounded_cold_load(models, lr_size):
     )
     assert 0.3 <= time.monotonic() - started < 2
     assert all(isinstance(r, ModelNotResident) for r in results), results
-    assert {r.retry_after_ms for r in results} == {RETRY_AFTER_MS}  # type: ignore[union-attr]
+    assert {r.retry_after_ms for r in results} == {RETRY_AFTER_MS}
     timeouts = repo.metrics.cold_load_waits.labels("timeout")._value.get()
     assert timeouts == 4
 
@@ -189,7 +195,7 @@ async def test_replica_serves_every_model_through_its_budget(budget_replica, mod
         await asyncio.sleep(RECENT_USE_S / 2)
     memory = replica._memory()
     assert memory["evictions"] > 0 and memory["cold_load_waits"]["served"] > 0
-    assert memory["resident_bytes"] == sum(memory["resident_versions"].values())
+    assert memory["resident_bytes"] == sum(v["bytes"] for v in memory["resident_versions"].values())
     metrics = replica._metrics()[2].decode()
     assert "mlops_inference_resident_memory_bytes" in metrics
     assert 'mlops_inference_version_memory_bytes{model="' in metrics
