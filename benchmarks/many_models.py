@@ -10,18 +10,28 @@ is measured.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import shutil
+import statistics
+import threading
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from benchmarks import iris_models
+from benchmarks.cells import Load, Options, run_grpc
+from benchmarks.servers import ServerGroup, start_redis, start_replicas
 from mlops_core import fleet_state
+from mlops_core.oip import infer_request
+from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 
 KINDS = ("lr", "linreg")
 """Model i is a copy of KINDS[i % 2]."""
@@ -30,6 +40,8 @@ COUNTS = (10, 100, 500)
 HOT_MODELS = 5
 ACCEPTANCE_MODELS = 200
 GOAL_RATIO = 1.5
+COLD_PER_S = 20
+"""Rounds of background requests a second beside the hot load (`Churn`)."""
 
 
 def model_name(i: int) -> str:
@@ -83,3 +95,209 @@ async def desire_models(redis_url: str, names: Sequence[str]) -> None:
 def health(http_url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{http_url}/health", timeout=5) as response:
         return json.loads(response.read())
+
+
+def http_address(redis_url: str) -> str:
+    """The HTTP status address of the one live replica, from its heartbeat."""
+    from redis.asyncio import Redis
+
+    async def read() -> str:
+        redis = Redis.from_url(redis_url)
+        try:
+            deadline = time.monotonic() + 15
+            while not (replicas := await fleet_state.live_replicas(redis)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no replica heartbeat")
+                await asyncio.sleep(0.1)
+            return replicas[0].http_address
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(read())
+
+
+class Churn:
+    """Background requests while a hot model is loaded: each round, the other hot models once
+    and (with `cold` names) the next cold model, paced at `COLD_PER_S` rounds a second."""
+
+    def __init__(self, target: str, models: ModelSet, hot: list[str], cold: list[str]) -> None:
+        self.target, self.models, self.hot, self.cold = target, models, hot, cold
+        self.stop = threading.Event()
+        self.calls: dict[str, int] = {}
+        self.thread = threading.Thread(target=self._run, name="churn", daemon=True)
+
+    def __enter__(self) -> Churn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        x, _ = iris_models.iris()
+        with grpc.insecure_channel(self.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            cold = iter(self.cold * 100)
+            while not self.stop.wait(1 / COLD_PER_S):
+                names = [*self.hot, *([next(cold)] if self.cold else [])]
+                for name in names:
+                    kind = "cold" if name in self.cold else "hot"
+                    request = infer_request(name, {"input": x[:1, : self.models.width(name)]})
+                    try:
+                        stub.ModelInfer(request, timeout=30)
+                        outcome = f"{kind} ok"
+                    except grpc.RpcError as exc:
+                        outcome = f"{kind} {exc.code().name}"
+                    self.calls[outcome] = self.calls.get(outcome, 0) + 1
+
+
+def measure_replica(
+    models: ModelSet,
+    names: list[str],
+    redis_url: str,
+    log_dir: Path,
+    options: Options,
+    *,
+    budget_mb: int = 0,
+    cold: list[str] | None = None,
+) -> dict[str, Any]:
+    """One replica in fleet mode serving `names` (under a budget, if given): its start-to-ready
+    time, memory, and the hot model's latency under load with `Churn` beside it."""
+    asyncio.run(desire_models(redis_url, names))
+    env = {"MLOPS_REPLICA_MEMORY_BUDGET_MB": str(budget_mb), "MLOPS_COLD_LOAD_WAIT_S": "10"}
+    started = time.monotonic()
+    procs, port, _ = start_replicas(models.root, log_dir, 1, redis_url=redis_url, env=env)
+    ready_s = time.monotonic() - started
+    group = ServerGroup(log_dir.name, f"127.0.0.1:{port}", None, {"replicas": procs})
+    try:
+        status = http_address(redis_url)
+        at_ready = health(status)["memory"]
+        hot = [n for n in names[:HOT_MODELS]]
+        with Churn(group.grpc_target or "", models, hot[1:], cold or []) as churn:
+            cell = run_grpc(group, Load(f"hot-{len(names)}", "grpc", hot[0], 1, 16), options)
+        memory = health(status)["memory"]
+    finally:
+        group.stop()
+    resident = memory["resident_versions"]
+    return {
+        "models": len(names),
+        "budget_mb": budget_mb,
+        "ready_s": round(ready_s, 2),
+        "resident_at_ready": len(at_ready["resident_versions"]),
+        "resident_bytes_at_ready": at_ready["resident_bytes"],
+        "rss_bytes_at_ready": at_ready["process_rss_bytes"],
+        "resident": len(resident),
+        "resident_bytes": memory["resident_bytes"],
+        "rss_bytes": memory["process_rss_bytes"],
+        "per_model_bytes": (
+            statistics.median(v["bytes"] for v in resident.values()) if resident else 0
+        ),
+        "loads": memory["loads"],
+        "evictions": memory["evictions"],
+        "cold_load_waits": memory["cold_load_waits"],
+        "churn": churn.calls,
+        "hot": cell,
+    }
+
+
+def scenario(workdir: Path, options: Options) -> dict[str, Any]:
+    """The `models` part of `python -m benchmarks run`: one replica at a time."""
+    logs = workdir / "logs" / "models"
+    models = write_models(workdir / "many-models", max(*COUNTS, ACCEPTANCE_MODELS))
+    redis, base_url = start_redis(logs)
+    databases = iter(range(16))
+
+    def fresh_db() -> str:
+        return base_url.rsplit("/", 1)[0] + f"/{next(databases)}"
+
+    try:
+        counts = []
+        for count in COUNTS:
+            print(f"  {count} models, no budget:", flush=True)
+            counts.append(
+                measure_replica(
+                    models, models.names[:count], fresh_db(), logs / f"n{count}", options
+                )
+            )
+        per_model = next(c for c in counts if c["models"] == 100)["per_model_bytes"]
+        budget_mb = math.ceil(ACCEPTANCE_MODELS / 2 * per_model / 2**20)
+        hot = models.names[:HOT_MODELS]
+        print(f"  only the {HOT_MODELS} hot models:", flush=True)
+        only_hot = measure_replica(models, hot, fresh_db(), logs / "only-hot", options)
+        print(f"  {ACCEPTANCE_MODELS} models, budget {budget_mb} MiB, cold requests:", flush=True)
+        budgeted = measure_replica(
+            models,
+            models.names[:ACCEPTANCE_MODELS],
+            fresh_db(),
+            logs / "budget",
+            options,
+            budget_mb=budget_mb,
+            cold=models.names[HOT_MODELS:ACCEPTANCE_MODELS],
+        )
+    finally:
+        redis.stop()
+    return {
+        "counts": counts,
+        "only_hot": only_hot,
+        "budgeted": budgeted,
+        "cold_per_s": COLD_PER_S,
+        "goal_ratio": GOAL_RATIO,
+    }
+
+
+def goals(models: dict[str, Any] | None) -> list[Any]:
+    from benchmarks.report import TIMES, Goal
+
+    goal = f"budget for half of {ACCEPTANCE_MODELS} models: hot p99 vs a replica of only them"
+    if not models:
+        return [Goal(goal, f"≤ {GOAL_RATIO:g}{TIMES}", "not measured in this run", None, None)]
+    budgeted, only_hot = models["budgeted"]["hot"], models["only_hot"]["hot"]
+    ratio = budgeted["p99_ms"] / only_hot["p99_ms"]
+    errors = budgeted["errors"] + sum(
+        n for k, n in models["budgeted"]["churn"].items() if k.startswith("hot") and "ok" not in k
+    )
+    measured = f"{budgeted['p99_ms']:.2f} ms vs {only_hot['p99_ms']:.2f} ms"
+    if errors:
+        measured += f"; {errors} hot errors"
+    return [
+        Goal(goal, f"≤ {GOAL_RATIO:g}{TIMES}", measured, ratio, ratio <= GOAL_RATIO and not errors)
+    ]
+
+
+def section(models: dict[str, Any] | None) -> list[str]:
+    """The report's table: memory per model, start-to-ready and the hot model's p99."""
+    if not models:
+        return []
+    mib = 2**20
+    out = [
+        "",
+        "## Many models per replica (one replica, fleet mode, h2load c=16 on one hot model)",
+        "",
+        "| replica | models | resident | MiB per model | resident MiB | RSS MiB | start-to-ready s "
+        "| hot req/s | hot p99 ms | evictions | cold loads waited |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    rows = [*(("no budget", c) for c in models["counts"])]
+    rows += [("only the hot models", models["only_hot"])]
+    rows += [(f"budget {models['budgeted']['budget_mb']} MiB", models["budgeted"])]
+    for name, row in rows:
+        hot = row["hot"]
+        waited = sum(row["cold_load_waits"].values())
+        out.append(
+            f"| {name} | {row['models']} | {row['resident']} | {row['per_model_bytes'] / mib:.2f} "
+            f"| {row['resident_bytes'] / mib:.1f} | {row['rss_bytes'] / mib:.0f} "
+            f"| {row['ready_s']:.2f} | {hot['rps']:,.0f} | {hot['p99_ms']:.2f} "
+            f"| {row['evictions']} | {waited} |"
+        )
+    budgeted = models["budgeted"]
+    (goal,) = goals(models)
+    out += [
+        "",
+        f"The budgeted replica also served {models['cold_per_s']} rounds a second of background "
+        "requests: the other hot models once each and the next of the cold models, each a load "
+        f"(calls: {budgeted['churn']}). Goal: {goal.goal}, {goal.target}: "
+        f"{goal.ratio or 0:.2f}x ({goal.measured}): "
+        f"{'met' if goal.met else 'NOT met'}.",
+    ]
+    return out

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import many_models
+
 Results = dict[str, Any]
 Cell = dict[str, Any]
 PLOT_FILE = "latency_vs_throughput.png"
@@ -131,6 +133,7 @@ def goals(results: Results) -> list[Goal]:
         _rows_goal(results),
     ]
     listed += _swap_goals(results.get("swap"))
+    listed += many_models.goals(results.get("models"))
     return listed
 
 
@@ -338,6 +341,7 @@ def render_markdown(results: Results, plot_file: str | None = PLOT_FILE) -> str:
         rest_rows,
     )
     out += _swap_section(results.get("swap"))
+    out += many_models.section(results.get("models"))
     out += _pipeline_section(results.get("pipeline"))
     if ceilings:
         out += ["", "## In-process onnxruntime (one thread, back-to-back calls)", ""]

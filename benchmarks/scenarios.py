@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import iris_models
+from benchmarks import iris_models, many_models
 from benchmarks.ceiling import ort_ceiling
 from benchmarks.cells import Load, Options, grpc_request, iris_rows, run_grpc, run_rest
 from benchmarks.measure import CpuMeter
@@ -69,7 +69,7 @@ class Plan:
     loads: list[str] | None = None
     """Only these load keys (None: all)."""
     skip: set[str] = field(default_factory=set)
-    """Parts to leave out: `rest`, `swap`, `profile`, `ceiling`."""
+    """Parts to leave out: `rest`, `swap`, `profile`, `ceiling`, `models`."""
     swaps: int = 20
     swap_concurrency: int = 16
     grpc_client: str = "h2load"
@@ -131,6 +131,9 @@ def run(plan: Plan, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
     if "profile" not in plan.skip:
         results["profile"] = results.get("profile", {})
         results["profile"]["replica"] = profile_replica(repo, logs, options, workdir)
+    if "models" not in plan.skip:
+        print("many models per replica:", flush=True)
+        results["models"] = many_models.scenario(workdir, options)
     results["pipeline"] = pipeline_figure()
     results["meta"]["loadavg_end"] = os.getloadavg()
     return results
