@@ -143,7 +143,7 @@ class ModelNotResident(ModelNotReady):
     budget could not be freed (every resident version was in flight or pinned). Retry later,
     or on another replica."""
 
-    def __init__(self, message: str, retry_after_ms: int) -> None:
+    def __init__(self, message: str, retry_after_ms: int = 1000) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
 
