@@ -248,8 +248,8 @@ class ModelRepository:
         """Signatures of versions loaded once, for ModelMetadata while they are not resident."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loading_into_free_room: set[VersionKey] = set()
-        self._runtime_set_up = False
         """Loads in `_loading` that may not evict (`load(make_room=False)`)."""
+        self._runtime_set_up = False
 
     # --- serving -------------------------------------------------------------------------
     def resolve(
@@ -488,16 +488,14 @@ class ModelRepository:
             raise ModelLoadError(f"model {name!r} version {version!r}: {exc.message}") from exc
         loaded = LoadedVersion(name, version, model, self.policy, self.metrics)
         loaded.memory_bytes = size
-        # NOTE: the entry may have been removed while this loaded; re-adding it is harmless
-        # (the next reconcile removes it again) and keeps the version's requests working.
-        entry = self._models.setdefault(name, entry)
         entry.versions[version] = loaded
         entry.failed.pop(version, None)
         self._sizes[name, version] = size
         self._signatures[name, version] = model.signature
         self.metrics.loaded.labels(name).set(len(entry.versions))
         self.metrics.version_loads.inc()
-        self.metrics.version_memory.labels(name, version).set(size)
+        if self._models.get(name) is entry:  # else removed while it loaded: not resident
+            self.metrics.version_memory.labels(name, version).set(size)
         self._account()
         if self.memory_budget_bytes:
             try:
