@@ -56,24 +56,34 @@ class ReplicaOptions:
 
 async def load_standalone(repository: ModelRepository, root: Path) -> None:
     """Load the newest `keep_versions` versions of every model on disk; the newest that loads
-    becomes active. Under a memory budget, versions load while they fit in free room; the
-    newest version of each model is its desired active one, loaded by its first request."""
-    for name in models_on_disk(root):
-        versions = versions_on_disk(root, name)[-repository.keep_versions :]
-        newest_first = list(reversed(versions))
-        repository.set_desired(name, DesiredModel(active=newest_first[0], warm=newest_first[1:]))
-        active: str | None = None
-        for version in newest_first:
+    becomes active. Under a memory budget, versions load while they fit in free room, every
+    model's active version before any older one; the rest load on their first request."""
+    newest_first = {
+        name: list(reversed(versions_on_disk(root, name)[-repository.keep_versions :]))
+        for name in models_on_disk(root)
+    }
+    warm: dict[str, list[str]] = {}
+    for name, versions in newest_first.items():
+        repository.set_desired(name, DesiredModel(active=versions[0], warm=versions[1:]))
+        for index, version in enumerate(versions):
             try:
                 await repository.load(name, version, make_room=False)
             except ModelNotResident:
-                break  # the budget is full: the rest load on demand
+                break  # no room: the newest version loads on its first request
             except MlopsError as exc:
                 log.error("skipping %s version %s: %s", name, version, exc.message)
                 continue
-            if active is None:
-                active = version
-                repository.activate(name, version)
+            repository.activate(name, version)
+            warm[name] = versions[index + 1 :]
+            break
+    for name, versions in warm.items():
+        for version in versions:
+            try:
+                await repository.load(name, version, make_room=False)
+            except ModelNotResident:
+                return  # no room left for warm versions
+            except MlopsError as exc:
+                log.error("skipping %s version %s: %s", name, version, exc.message)
 
 
 class Replica:
