@@ -91,6 +91,10 @@ class FleetReconciler:
         # pinned, and the rollout waits for it.
         budgeted = self.repository.memory_budget_bytes > 0
         in_use = not budgeted or self.repository.is_resident(name)
+        if not in_use and candidate is None and not self.repository.fits(name, desired.active):
+            # NOTE: checked here, as most of hundreds of models do not fit on each resync:
+            # a load attempt each would cost a task and an exception.
+            return
         try:
             # NOTE: the new active version loads and warms before anything is unloaded, so
             # the previous one serves until the atomic switch.
@@ -110,8 +114,7 @@ class FleetReconciler:
         # NOTE: only now, with the candidate loaded (or failed to), is its route applied: no
         # request ever goes to a version still loading.
         self.repository.set_route(name, candidate)
-        served = self.repository.served().get(name)
-        if served is not None and served.active in keep:
+        if self.repository.reported_active(name) in keep:
             self.repository.evict(name, keep=keep)
 
     def report(self) -> ReplicaReport:

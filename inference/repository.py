@@ -396,22 +396,33 @@ class ModelRepository:
         for name, entry in entries:
             loaded = sorted(entry.versions, key=version_key)
             route = entry.route
-            active = entry.active.version if entry.active else None
-            desired = entry.desired
-            if (
-                active is None
-                and desired is not None
-                and self._loads_on_demand(entry, desired.active)
-            ):
-                active = desired.active  # not resident: served by loading it on its next request
             served[name] = ServedModel(
-                active=active,
+                active=self._reported_active(entry),
                 loaded=loaded,
                 failed=dict(entry.failed),
                 candidate=route.spec if route is not None else None,
                 stats={v: stats[(name, v)] for v in loaded if (name, v) in stats},
             )
         return served
+
+    # NOTE: the two below answer for one model what `served()` reports, without building
+    # every model's report: callers run once per model, and with hundreds of models the
+    # whole report each time made a resync quadratic (2 ms per call for 200 models).
+    def reported_active(self, name: str) -> str | None:
+        entry = self._models.get(name)
+        return None if entry is None else self._reported_active(entry)
+
+    def loaded_versions(self, name: str) -> list[str]:
+        entry = self._models.get(name)
+        return [] if entry is None else sorted(list(entry.versions), key=version_key)
+
+    def _reported_active(self, entry: ModelEntry) -> str | None:
+        if entry.active is not None:
+            return entry.active.version
+        desired = entry.desired
+        if desired is not None and self._loads_on_demand(entry, desired.active):
+            return desired.active  # not resident: served by loading it on its next request
+        return None
 
     def is_ready(self, name: str, version: str | None = None) -> bool:
         """Whether a request for it would be served; one for a version not resident loads it
@@ -519,6 +530,13 @@ class ModelRepository:
             + ("batched" if loaded.batched else "not batched"),
         )
         return loaded
+
+    def fits(self, name: str, version: str) -> bool:
+        """Whether the version would load into free room now (its file unread: an estimate)."""
+        if not self.memory_budget_bytes:
+            return True
+        free = self.memory_budget_bytes - self.resident_bytes()
+        return self._estimate(name, version, 0) <= free
 
     def _estimate(self, name: str, version: str, file_bytes: int) -> int:
         """What a version will take: its size when it last loaded, else the median of the sizes

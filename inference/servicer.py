@@ -66,10 +66,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 loaded = self.repository.resolve(name, version, split=False)
                 known = loaded.version, loaded.signature
             served_version, signature = known
-        # NOTE: .get: the model may be removed between resolve and here (the loop thread
-        # applies the fleet's changes while this runs on a gRPC thread).
-        served = self.repository.served().get(name)
-        versions = served.loaded if served and served.loaded else [served_version]
+        # NOTE: the model may be removed between resolve and here (the loop thread applies
+        # the fleet's changes while this runs on a gRPC thread), or not be resident.
+        versions = self.repository.loaded_versions(name) or [served_version]
         response = pb.ModelMetadataResponse(name=name, versions=versions, platform=PLATFORM)
         for spec, field in [
             *((s, response.inputs) for s in signature.inputs),
