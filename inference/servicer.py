@@ -99,7 +99,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self.repository.wait_for_load(missing)  # bounded; raises UNAVAILABLE past it
                 loaded = self.repository.resolve(name, version, key)
             # NOTE: the memory budget's LRU order and in-flight pin: a float store and a deque
-            # append and pop, about 0.1 us of the ~17 us a request takes in process.
+            # append and pop: 80 ns by timeit, 0.5% of the ~17 us a request takes in process.
             loaded.last_used = time.monotonic()
             in_flight = loaded.in_flight
             in_flight.append(None)
