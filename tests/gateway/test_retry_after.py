@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
+import httpx
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from gateway.errors import install_error_handlers
 from gateway.fleet_client import map_rpc_error
@@ -20,7 +20,8 @@ def unavailable(trailing: tuple[tuple[str, str], ...]) -> grpc.aio.AioRpcError:
     )
 
 
-def answer(error: Exception) -> tuple[int, dict[str, str]]:
+async def answer(error: Exception) -> tuple[int, dict[str, str]]:
+    """The gateway's answer to a route that raises `error`."""
     app = FastAPI()
     install_error_handlers(app)
 
@@ -28,19 +29,21 @@ def answer(error: Exception) -> tuple[int, dict[str, str]]:
     def predict() -> None:
         raise error
 
-    response = TestClient(app).get("/predict")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        response = await client.get("/predict")
     return response.status_code, dict(response.headers)
 
 
-def test_a_retry_hint_becomes_retry_after_in_whole_seconds():
+async def test_a_retry_hint_becomes_retry_after_in_whole_seconds():
     error = map_rpc_error("m", unavailable(((RETRY_AFTER_METADATA, "100"),)))
     assert isinstance(error, ModelNotReady) and error.retry_after_ms == 100
-    status, headers = answer(error)
+    status, headers = await answer(error)
     assert status == 503 and headers["retry-after"] == "1"
 
 
-def test_no_hint_no_retry_after():
+async def test_no_hint_no_retry_after():
     error = map_rpc_error("m", unavailable(()))
     assert error.retry_after_ms is None
-    status, headers = answer(error)
+    status, headers = await answer(error)
     assert status == 503 and "retry-after" not in headers
