@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import many_models
+
 Results = dict[str, Any]
 Cell = dict[str, Any]
 PLOT_FILE = "latency_vs_throughput.png"
@@ -139,6 +141,7 @@ def goals(results: Results) -> list[Goal]:
     ]
     listed += _rows_goals(results)
     listed += _swap_goals(results.get("swap"))
+    listed += many_models.goals(results.get("models"))
     return listed
 
 
@@ -409,6 +412,7 @@ def render_markdown(results: Results, plot_file: str | None = PLOT_FILE) -> str:
         rest_rows,
     )
     out += _swap_section(results.get("swap"))
+    out += many_models.section(results.get("models"))
     out += _pipeline_section(results.get("pipeline"))
     if ceilings:
         out += ["", "## In-process onnxruntime (back-to-back calls)", ""]

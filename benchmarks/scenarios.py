@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks import iris_models
+from benchmarks import iris_models, many_models
 from benchmarks.ceiling import ort_ceiling, ort_ceiling_on_cpus
 from benchmarks.cells import Load, Options, grpc_request, iris_rows, run_grpc, run_rest
 from benchmarks.measure import CpuMeter
@@ -74,7 +74,7 @@ class Plan:
     loads: list[str] | None = None
     """Only these load keys (None: all)."""
     skip: set[str] = field(default_factory=set)
-    """Parts to leave out: `rest`, `swap`, `profile`, `ceiling`."""
+    """Parts to leave out: `rest`, `swap`, `profile`, `ceiling`, `models`."""
     swaps: int = 20
     swap_concurrency: int = 16
     grpc_client: str = "h2load"
@@ -140,6 +140,9 @@ def run(plan: Plan, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
     if "profile" not in plan.skip:
         results["profile"] = results.get("profile", {})
         results["profile"]["replica"] = profile_replica(repo, logs, options, workdir)
+    if "models" not in plan.skip:
+        print("many models per replica:", flush=True)
+        results["models"] = many_models.scenario(workdir, options)
     results["pipeline"] = pipeline_figure()
     results["meta"]["loadavg_end"] = os.getloadavg()
     return results

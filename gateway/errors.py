@@ -5,6 +5,7 @@ with the HTTP status its class in `mlops_core.errors` carries (on the Open Infer
 from __future__ import annotations
 
 import logging
+import math
 import reprlib
 from typing import Any
 
@@ -75,7 +76,9 @@ def error_answer(path: str, status: int, detail: str, **extra: Any) -> JSONRespo
 async def _error_answer(request: Request, exc: Exception) -> JSONResponse:
     exc = client_error(request, exc)
     extra = {"stage": exc.stage} if isinstance(exc, PipelineError) else {}
-    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else {}
+    if exc.retry_after_ms is not None:
+        headers["Retry-After"] = str(math.ceil(exc.retry_after_ms / 1000))  # whole seconds
     response = error_answer(request.url.path, exc.http_status, exc.message, **extra)
     if headers:
         response.headers.update(headers)

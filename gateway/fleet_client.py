@@ -20,6 +20,7 @@ from gateway.coalescer import Answer, RequestCoalescer
 from gateway.errors import preview
 from gateway.oip_rest import InputTensor
 from mlops_core.errors import (
+    RETRY_AFTER_METADATA,
     InternalError,
     InvalidInput,
     MessageTooLarge,
@@ -143,13 +144,24 @@ def map_rpc_error(model: str, error: grpc.aio.AioRpcError) -> MlopsError:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return MessageTooLarge(details)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION):
-        return ModelNotReady(f"the inference fleet cannot serve {model!r} now: {details}")
+        not_ready = ModelNotReady(f"the inference fleet cannot serve {model!r} now: {details}")
+        not_ready.retry_after_ms = retry_after_ms(error)
+        return not_ready
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return UpstreamTimeout(f"the inference fleet did not answer in {PREDICT_TIMEOUT_S:.0f}s")
     if code == grpc.StatusCode.INTERNAL:
         # The replica's message says whose fault it is: the model's, or the replica's own.
         return InternalError(details or f"the inference fleet failed running {model!r}")
     return UpstreamError(f"the inference fleet failed: {code.name}: {details}")
+
+
+def retry_after_ms(error: grpc.aio.AioRpcError) -> int | None:
+    """The replica's retry hint (`inference.grpc_status.abort`), if it sent one: a version
+    that was not in its memory and did not load in time."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_METADATA and isinstance(value, str) and value.isdigit():
+            return int(value)
+    return None
 
 
 class FleetClient:

@@ -12,7 +12,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from mlops_core.errors import InternalError, MlopsError
+from mlops_core.errors import RETRY_AFTER_METADATA, InternalError, MlopsError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,10 @@ def as_mlops_error(exc: Exception, method: str) -> MlopsError:
 
 
 def abort(context: grpc.ServicerContext, error: MlopsError) -> NoReturn:
-    """End the call with the error's gRPC code and message."""
+    """End the call with the error's gRPC code and message, and its retry hint if it has one
+    (trailing metadata `retry-after-ms`)."""
+    if error.retry_after_ms is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_METADATA, str(error.retry_after_ms)),))
     context.abort(error.grpc_code, error.message)
     raise AssertionError("unreachable: ServicerContext.abort raises")
 

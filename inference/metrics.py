@@ -3,9 +3,8 @@ heartbeat reports (read back from the same series)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
-from itertools import pairwise
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -70,6 +69,41 @@ class ReplicaMetrics:
             ("model",),
             registry=self.registry,
         )
+        # The memory budget (MLOPS_REPLICA_MEMORY_BUDGET_MB): what each resident version takes,
+        # and how often versions come and go.
+        self.memory_budget = Gauge(
+            "mlops_inference_memory_budget_bytes",
+            "Memory the resident versions may take together; 0: unlimited.",
+            registry=self.registry,
+        )
+        self.resident_memory = Gauge(
+            "mlops_inference_resident_memory_bytes",
+            "Memory the resident versions take together, as measured when each loaded.",
+            registry=self.registry,
+        )
+        self.version_memory = Gauge(
+            "mlops_inference_version_memory_bytes",
+            "Memory a resident version took when it loaded.",
+            labels,
+            registry=self.registry,
+        )
+        self.version_loads = Counter(
+            "mlops_inference_version_loads",
+            "Versions loaded into memory.",
+            registry=self.registry,
+        )
+        self.version_evictions = Counter(
+            "mlops_inference_version_evictions",
+            "Versions unloaded to make room under the memory budget.",
+            registry=self.registry,
+        )
+        self.cold_load_waits = Counter(
+            "mlops_inference_cold_load_waits",
+            "Requests that found their version not resident and waited for it to load, by "
+            "outcome: served, timeout (not loaded within the wait) or no_room (budget full).",
+            ("outcome",),
+            registry=self.registry,
+        )
         # The mirror: requests answered by the active version and also run, off the response
         # path, on a candidate (the version in the labels); its answers go to no one.
         self.mirror_requests = Counter(
@@ -111,11 +145,14 @@ class ReplicaMetrics:
         )
 
     def version_stats(self, versions: Iterable[VersionKey]) -> dict[VersionKey, VersionStats]:
-        """The counters of these versions, read from the series above in one pass over each
-        (zeros for a version with none yet).
+        """The counters of these versions, read from the series above (zeros for a version
+        with none yet).
 
-        NOTE: `collect()` builds every sample of a family, about 50 us per histogram child
-        here: a few milliseconds for dozens of versions, once per heartbeat."""
+        NOTE: read from each series' children directly (prometheus_client's `_metrics`,
+        `_value`, `_buckets`), not through `collect()`, which builds every sample of a family:
+        about 50 us per histogram child, so 16 ms of the GIL per heartbeat with 200 versions
+        (a memory budget's churn leaves a series per version ever loaded), against well under
+        a millisecond this way. The lock file pins prometheus_client (0.26)."""
         stats = {key: _empty_stats() for key in versions}
         for field, counter in (
             ("requests", self.requests),
@@ -126,16 +163,19 @@ class ReplicaMetrics:
             ("agreed", self.mirror_agreed),
             ("mirror_dropped", self.mirror_dropped),
         ):
-            for key, total in _totals(counter).items():
-                if key in stats:
-                    setattr(stats[key], field, total)
+            for labels, child in _children(counter):
+                entry = stats.get(labels)
+                if entry is not None:
+                    setattr(entry, field, getattr(entry, field) + int(child._value.get()))
         for field, histogram in (
             ("latency", self.latency),
             ("mirror_latency", self.mirror_latency),
         ):
-            for key, counts in _bucket_counts(histogram).items():
-                if key in stats:
-                    setattr(stats[key], field, counts)
+            for labels, child in _children(histogram):
+                if labels in stats:
+                    # NOTE: a child keeps each observation in its one bucket (not cumulative),
+                    # the +Inf bucket last: the heartbeat's layout.
+                    setattr(stats[labels], field, [int(b.get()) for b in child._buckets])
         return stats
 
 
@@ -144,24 +184,8 @@ def _empty_stats() -> VersionStats:
     return VersionStats(latency=list(zeros), mirror_latency=list(zeros))
 
 
-def _totals(counter: Counter) -> dict[VersionKey, int]:
-    """Each version's total, summed over any other label (the failures' gRPC code)."""
-    totals: defaultdict[VersionKey, int] = defaultdict(int)
-    for metric in counter.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total"):
-                totals[sample.labels["model"], sample.labels["version"]] += int(sample.value)
-    return totals
-
-
-def _bucket_counts(histogram: Histogram) -> dict[VersionKey, list[int]]:
-    """Each version's requests per bucket (not cumulative), the +Inf bucket last."""
-    cumulative: defaultdict[VersionKey, list[int]] = defaultdict(list)
-    for metric in histogram.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_bucket"):
-                cumulative[sample.labels["model"], sample.labels["version"]].append(
-                    int(sample.value)
-                )
-    # NOTE: a child's bucket samples come in order of their bounds, +Inf last.
-    return {key: [c[0], *(b - a for a, b in pairwise(c))] for key, c in cumulative.items()}
+def _children(metric: Counter | Histogram) -> list[tuple[VersionKey, Any]]:
+    """A labelled metric's children by their first two label values (model, version; a
+    failure's code follows), copied under its lock."""
+    with metric._lock:
+        return [((labels[0], labels[1]), child) for labels, child in metric._metrics.items()]

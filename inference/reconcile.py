@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from inference.repository import ModelRepository
 from mlops_core import fleet_state
-from mlops_core.errors import MlopsError
+from mlops_core.errors import MlopsError, ModelNotResident
 from mlops_core.fleet_state import DesiredModel, ReplicaReport
 
 log = logging.getLogger(__name__)
@@ -83,22 +83,38 @@ class FleetReconciler:
         candidate = desired.candidate
         if candidate is not None and candidate.version not in keep:
             keep.append(candidate.version)  # kept whatever `keep_versions` says: it takes traffic
+        self.repository.set_desired(name, desired)
+        # NOTE: under a memory budget, only a model with a version in memory (it is in use)
+        # evicts others to load its desired active version; the others, and warm versions,
+        # load only into free room, so a resync never churns what requests keep resident.
+        # The rest load on their first request. A rollout's candidate always loads: it is
+        # pinned, and the rollout waits for it.
+        budgeted = self.repository.memory_budget_bytes > 0
+        in_use = not budgeted or self.repository.is_resident(name)
+        if not in_use and candidate is None and not self.repository.fits(name, desired.active):
+            # NOTE: checked here, as most of hundreds of models do not fit on each resync:
+            # a load attempt each would cost a task and an exception.
+            return
         try:
             # NOTE: the new active version loads and warms before anything is unloaded, so
             # the previous one serves until the atomic switch.
-            await self.repository.swap(name, desired.active)
+            await self.repository.swap(name, desired.active, make_room=in_use)
+        except ModelNotResident as exc:
+            log.debug("%s version %s loads on demand: %s", name, desired.active, exc.message)
         except MlopsError as exc:
             log.warning("cannot activate %s version %s: %s", name, desired.active, exc.message)
         for version in keep[1:]:
+            is_candidate = candidate is not None and candidate.version == version
             try:
-                await self.repository.load(name, version)
+                await self.repository.load(name, version, make_room=not budgeted or is_candidate)
+            except ModelNotResident as exc:
+                log.debug("%s version %s loads on demand: %s", name, version, exc.message)
             except MlopsError as exc:
                 log.warning("cannot keep %s version %s warm: %s", name, version, exc.message)
         # NOTE: only now, with the candidate loaded (or failed to), is its route applied: no
         # request ever goes to a version still loading.
         self.repository.set_route(name, candidate)
-        served = self.repository.served().get(name)
-        if served is not None and served.active in keep:
+        if self.repository.reported_active(name) in keep:
             self.repository.evict(name, keep=keep)
 
     def report(self) -> ReplicaReport:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from inference.api_key import ApiKeyInterceptor
+from inference.memory import rss_bytes
 from inference.metrics import ReplicaMetrics
 from inference.reconcile import FleetReconciler
 from inference.repository import BatchingPolicy, ModelRepository
@@ -29,7 +31,8 @@ from inference.sources import (
 )
 from inference.status_http import StatusHttpServer
 from mlops_core import gc_tuning
-from mlops_core.errors import MlopsError
+from mlops_core.errors import MlopsError, ModelNotResident
+from mlops_core.fleet_state import DesiredModel
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 from mlops_core.settings import Settings
 
@@ -53,19 +56,34 @@ class ReplicaOptions:
 
 async def load_standalone(repository: ModelRepository, root: Path) -> None:
     """Load the newest `keep_versions` versions of every model on disk; the newest that loads
-    becomes active."""
-    for name in models_on_disk(root):
-        versions = versions_on_disk(root, name)[-repository.keep_versions :]
-        active: str | None = None
-        for version in reversed(versions):
+    becomes active. Under a memory budget, versions load while they fit in free room, every
+    model's active version before any older one; the rest load on their first request."""
+    newest_first = {
+        name: list(reversed(versions_on_disk(root, name)[-repository.keep_versions :]))
+        for name in models_on_disk(root)
+    }
+    warm: dict[str, list[str]] = {}
+    for name, versions in newest_first.items():
+        repository.set_desired(name, DesiredModel(active=versions[0], warm=versions[1:]))
+        for index, version in enumerate(versions):
             try:
-                await repository.load(name, version)
+                await repository.load(name, version, make_room=False)
+            except ModelNotResident:
+                break  # no room: the newest version loads on its first request
             except MlopsError as exc:
                 log.error("skipping %s version %s: %s", name, version, exc.message)
                 continue
-            if active is None:
-                active = version
-                repository.activate(name, version)
+            repository.activate(name, version)
+            warm[name] = versions[index + 1 :]
+            break
+    for name, versions in warm.items():
+        for version in versions:
+            try:
+                await repository.load(name, version, make_room=False)
+            except ModelNotResident:
+                return  # no room left for warm versions
+            except MlopsError as exc:
+                log.error("skipping %s version %s: %s", name, version, exc.message)
 
 
 class Replica:
@@ -84,6 +102,8 @@ class Replica:
             ),
             keep_versions=settings.keep_versions,
             intra_op_threads=settings.ort_intra_op_threads,
+            memory_budget_bytes=settings.replica_memory_budget_mb * 2**20,
+            cold_load_wait_s=settings.cold_load_wait_s,
         )
         self.ready = False
         self.health = health.HealthServicer()
@@ -198,8 +218,37 @@ class Replica:
             "ready": self.ready,
             "replica_id": self.settings.replica_id,
             "models": served,
+            "memory": self._memory(),
         }
         return 200, "application/json", json.dumps(body).encode()
+
+    def _memory(self) -> dict[str, object]:
+        """The memory budget's state: resident versions and their measured bytes, and how
+        often versions were loaded, evicted and waited for (the /metrics counters)."""
+        resident = self.repository.resident()
+        sample = self.metrics.registry.get_sample_value
+        now = time.monotonic()
+        return {
+            "budget_bytes": self.repository.memory_budget_bytes,
+            "resident_bytes": sum(loaded.memory_bytes for loaded in resident.values()),
+            "process_rss_bytes": rss_bytes(),
+            "resident_versions": {
+                f"{name}/{version}": {
+                    "bytes": loaded.memory_bytes,
+                    "idle_s": round(now - loaded.last_used, 3),
+                    "in_flight": len(loaded.in_flight),
+                }
+                for (name, version), loaded in sorted(resident.items())
+            },
+            "loads": int(sample("mlops_inference_version_loads_total") or 0),
+            "evictions": int(sample("mlops_inference_version_evictions_total") or 0),
+            "cold_load_waits": {
+                outcome: int(
+                    sample("mlops_inference_cold_load_waits_total", {"outcome": outcome}) or 0
+                )
+                for outcome in ("served", "timeout", "no_room")
+            },
+        }
 
     def _ready(self) -> tuple[int, str, bytes]:
         status = 200 if self.ready else 503

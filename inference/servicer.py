@@ -14,7 +14,7 @@ import grpc
 
 from inference import tensors
 from inference.grpc_status import abort, answers_errors, as_mlops_error
-from inference.repository import LoadedVersion, ModelRepository
+from inference.repository import LoadedVersion, ModelRepository, NotResident
 from mlops_core.fleet_state import ROUTING_KEY_METADATA
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
@@ -53,15 +53,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
-        loaded = self.repository.resolve(request.name, request.version or None, split=False)
-        # NOTE: .get: the model may be removed between resolve and here (the loop thread
-        # applies the fleet's changes while this runs on a gRPC thread).
-        served = self.repository.served().get(request.name)
-        versions = served.loaded if served else [loaded.version]
-        response = pb.ModelMetadataResponse(name=request.name, versions=versions, platform=PLATFORM)
+        name, version = request.name, request.version or None
+        try:
+            loaded = self.repository.resolve(name, version, split=False)
+            served_version, signature = loaded.version, loaded.signature
+        except NotResident as missing:
+            # NOTE: a version loaded once answers from its remembered signature; one never
+            # loaded is loaded (the gateway asks for metadata right before it predicts).
+            known = self.repository.signature_of(name, version)
+            if known is None:
+                self.repository.wait_for_load(missing)
+                loaded = self.repository.resolve(name, version, split=False)
+                known = loaded.version, loaded.signature
+            served_version, signature = known
+        # NOTE: the model may be removed between resolve and here (the loop thread applies
+        # the fleet's changes while this runs on a gRPC thread), or not be resident.
+        versions = self.repository.loaded_versions(name) or [served_version]
+        response = pb.ModelMetadataResponse(name=name, versions=versions, platform=PLATFORM)
         for spec, field in [
-            *((s, response.inputs) for s in loaded.signature.inputs),
-            *((s, response.outputs) for s in loaded.signature.outputs),
+            *((s, response.inputs) for s in signature.inputs),
+            *((s, response.outputs) for s in signature.outputs),
         ]:
             field.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return response
@@ -82,13 +93,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not version and name in self.repository.split_models
                 else None
             )
-            loaded = self.repository.resolve(name, version, key)
-            loaded.requests.inc()
-            signature = loaded.signature
-            inputs, rows = tensors.decode_inputs(request, signature.inputs)
-            names = tensors.requested_output_names(request, signature.outputs)
-            outputs = loaded.infer(inputs, rows)
-            response = tensors.encode_response(request, loaded.name, loaded.version, outputs, names)
+            try:
+                loaded = self.repository.resolve(name, version, key)
+            except NotResident as missing:
+                self.repository.wait_for_load(missing)  # bounded; raises UNAVAILABLE past it
+                loaded = self.repository.resolve(name, version, key)
+            # NOTE: the memory budget's LRU order and in-flight pin: a float store and a deque
+            # append and pop: 80 ns by timeit, 0.5% of the ~17 us a request takes in process.
+            loaded.last_used = time.monotonic()
+            in_flight = loaded.in_flight
+            in_flight.append(None)
+            try:
+                loaded.requests.inc()
+                signature = loaded.signature
+                inputs, rows = tensors.decode_inputs(request, signature.inputs)
+                names = tensors.requested_output_names(request, signature.outputs)
+                outputs = loaded.infer(inputs, rows)
+                response = tensors.encode_response(
+                    request, loaded.name, loaded.version, outputs, names
+                )
+            finally:
+                in_flight.pop()
         except Exception as exc:
             error = as_mlops_error(exc, "ModelInfer")
             if loaded is not None:

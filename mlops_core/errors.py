@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import grpc
 
+RETRY_AFTER_METADATA = "retry-after-ms"
+"""gRPC trailing metadata carrying an error's `retry_after_ms`."""
+
 
 class MlopsError(Exception):
     """Base of every error a user or client can cause or act on."""
 
     http_status: int = 500
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retry_after_ms: int | None = None
+    """When set, the caller may retry after this long: sent as trailing metadata
+    `retry-after-ms` over gRPC and as a `Retry-After` header (whole seconds) over REST."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -129,6 +135,17 @@ class ModelNotReady(MlopsError):
 
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class ModelNotResident(ModelNotReady):
+    """A version this replica serves is not in its memory (its memory budget evicted it, or
+    never had room for it), and loading it did not finish within the cold-load wait, or the
+    budget could not be freed (every resident version was in flight or pinned). Retry later,
+    or on another replica."""
+
+    def __init__(self, message: str, retry_after_ms: int = 1000) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class MlflowUnreachable(MlopsError):

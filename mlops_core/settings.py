@@ -242,6 +242,17 @@ class Settings(BaseSettings):
     """How long calls in flight on an aged connection may still run before it is closed; new
     calls go to a fresh connection at once. Longer than the slowest prediction."""
 
+    # --- many models per replica ----------------------------------------------------------
+    replica_memory_budget_mb: int = Field(
+        0, ge=0, validation_alias=_env("MLOPS_REPLICA_MEMORY_BUDGET_MB")
+    )
+    """Memory a replica's loaded model versions may take together, in MiB (each measured as it
+    loads); beyond it the least recently used idle versions are unloaded, and a request for
+    one loads it again. 0: unlimited, every desired version stays loaded."""
+    cold_load_wait_s: float = Field(3.0, gt=0, validation_alias=_env("MLOPS_COLD_LOAD_WAIT_S"))
+    """With a memory budget: how long a request for a version not in memory waits for it to
+    load before it is answered UNAVAILABLE (HTTP 503) with a retry hint."""
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()

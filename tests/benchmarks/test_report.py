@@ -33,6 +33,7 @@ def test_each_goal_has_its_ratio_and_verdict(results):
         "OIP REST through the gateway at c=64 vs the gateway's own REST predict": (0.9, True),
         "20 version swaps under load: p99 vs steady p99": (1.3, True),
         "… and errors": (None, True),
+        "budget for half of 200 models: hot p99 vs a replica of only them": (None, None),
         "64-row RF requests, c=16: rows/s vs in-process onnxruntime "
         "(64-row calls, one thread per fleet CPU)": (0.2, False),
         "1024-row RF requests, c=16: rows/s vs in-process onnxruntime "
