@@ -1,10 +1,15 @@
 """In the box: a pipeline's pushed code from notebook to checked ONNX, in one process.
 
-`python -m pipeline_worker.boxed.pipeline SPEC_JSON`. It runs the notebook
-(`boxed.notebook`), then loads the model it exported, converts and verifies it
-(`boxed.model`). The conversion libraries are imported on a thread while the kernel works,
-so the box starts once and conversion waits for no import. Events, in order: `cell`...,
-`executed`, `converted`, `verified`; or `error` with the stage and a message.
+`python -m pipeline_worker.boxed.pipeline SPEC_JSON`. The box starts before its job is known:
+it starts and warms the kernel (`boxed.notebook.start_kernel`) while the conversion libraries
+import on a thread, reports `ready`, then waits for the job file the worker writes into its
+directory once a pipeline takes the box. It runs the notebook (`boxed.notebook`), then loads
+the model it exported, converts and verifies it (`boxed.model`). Events, in order: `ready`,
+`cell`..., `executed`, `converted`, `verified`; or `error` with the stage and a message.
+
+The spec (known before any pipeline): `job_file`, `kernel_name`, `start_timeout_s`, `cwd`.
+The job (one pipeline's): `notebook`, `executed`, `parameters`, `onnx_dir`,
+`kernel_name`, `start_timeout_s`, `execution_timeout_s`.
 """
 
 from __future__ import annotations
@@ -12,20 +17,39 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from pipeline_worker.boxed import emit
 from pipeline_worker.boxed.model import convert_and_verify, preload
-from pipeline_worker.boxed.notebook import run_notebook
+from pipeline_worker.boxed.notebook import run_notebook, start_kernel
+
+# NOTE: a file, not stdin, carries the job: every sandbox runner already shares the box's
+# directory with the worker, and none needs a channel kept open into the box. Polled: the
+# box idles for minutes at most, and 20 ms is nothing next to a notebook's run.
+JOB_POLL_S = 0.02
+
+
+def wait_for_job(path: Path) -> dict[str, Any]:
+    """The job the worker wrote (atomically, by rename) into the box's directory."""
+    while not path.is_file():
+        time.sleep(JOB_POLL_S)
+    job: dict[str, Any] = json.loads(path.read_text())
+    return job
 
 
 def main(spec: dict[str, Any]) -> int:
     warm = threading.Thread(target=preload, daemon=True)
     warm.start()
-    if not run_notebook(spec):
+    kernel = start_kernel(spec["kernel_name"], float(spec["start_timeout_s"]), spec["cwd"])
+    if kernel is None:
         return 1
-    model = Path(spec["parameters"]["MODEL_OUTPUT_PATH"])
+    emit("ready")
+    job = wait_for_job(Path(spec["job_file"]))
+    if not run_notebook(job, kernel):
+        return 1
+    model = Path(job["parameters"]["MODEL_OUTPUT_PATH"])
     if not model.is_file():
         emit(
             "error",
@@ -36,8 +60,8 @@ def main(spec: dict[str, Any]) -> int:
         return 1
     emit("executed")
     warm.join()
-    sample = Path(spec["parameters"]["SAMPLE_INPUT_PATH"])
-    ok = convert_and_verify(str(model), spec["onnx_dir"], str(sample) if sample.is_file() else None)
+    sample = Path(job["parameters"]["SAMPLE_INPUT_PATH"])
+    ok = convert_and_verify(str(model), job["onnx_dir"], str(sample) if sample.is_file() else None)
     return 0 if ok else 1
 
 
