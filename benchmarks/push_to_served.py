@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import tempfile
 import time
@@ -31,9 +33,14 @@ MODEL = "iris-classifier"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
 SERVED_TIMEOUT_S = 180
 POLL_S = 0.05
+GAP_S = 8.0
+"""Pause between one pipeline's end and the next push: a person's pushes are minutes apart,
+and the worker warms its next box once a pipeline is served (`pipeline_worker.warm_box`)."""
 GOAL_MEDIAN_S = 5.0
 GOAL_FIRST_GAP_S = 2.0
 TERMINAL = {"succeeded", "failed", "cancelled"}
+BOX_LINE = re.compile(r"sandbox box-[0-9a-f]+: (warm, started [\d.]+s ago|starting now)")
+"""The worker's log line saying whether the pipeline's box was warm."""
 
 
 def deliver(api: httpx.Client, repo: LocalRepo, sha: str, changed: str) -> tuple[str, float]:
@@ -71,8 +78,11 @@ def wait_ended(api: httpx.Client, pipeline_id: str) -> dict[str, Any]:
     raise TimeoutError(f"pipeline {pipeline_id} did not end")
 
 
-def measure(pushes: int, workdir: Path, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
-    """Start the stack, push `pushes` times one after the other; every figure, as a dict."""
+def measure(
+    pushes: int, workdir: Path, env_extra: dict[str, str] | None = None, gap_s: float = GAP_S
+) -> dict[str, Any]:
+    """Start the stack, push `pushes` times one after the other (`gap_s` between a pipeline's
+    end and the next push; the first push right after the stack is ready); every figure."""
     env = {**stack_env(workdir / "data", replicas=2), **(env_extra or {})}
     runs: list[dict[str, Any]] = []
     with (
@@ -88,6 +98,7 @@ def measure(pushes: int, workdir: Path, env_extra: dict[str, str] | None = None)
         sha = git("rev-parse", "HEAD", cwd=repo.work)
         for n in range(1, pushes + 1):
             if n > 1:
+                time.sleep(gap_s)
                 # A new model each time: another C, the notebook's VERSION bumped.
                 notebook = notebooks.retuned(c=round(1.0 / n, 4), version=f"{n}.0.0")
                 sha = repo.commit({notebooks.PATH: notebook})
@@ -95,6 +106,8 @@ def measure(pushes: int, workdir: Path, env_extra: dict[str, str] | None = None)
             served_s = wait_served(api, str(n), pipeline_id, sent)
             pipeline = wait_ended(api, pipeline_id)
             ended_s = time.monotonic() - sent
+            log = api.get(f"/pipelines/{pipeline_id}/logs").json()["text"]
+            box = BOX_LINE.search(log)
             runs.append(
                 {
                     "push": n,
@@ -103,14 +116,20 @@ def measure(pushes: int, workdir: Path, env_extra: dict[str, str] | None = None)
                     "status": pipeline["status"],
                     "stage_timings": pipeline.get("stage_timings", {}),
                     "served_s": pipeline.get("served_s"),
+                    "box": box.group(1) if box else None,
+                    "loadavg_1m": round(os.getloadavg()[0], 2),
                 }
             )
             print(
                 f"push {n:2d}: served in {served_s:5.2f} s, ended in {ended_s:5.2f} s "
-                f"({pipeline['status']}) {pipeline.get('stage_timings')}",
+                f"({pipeline['status']}, box {runs[-1]['box']}, load "
+                f"{runs[-1]['loadavg_1m']}) {pipeline.get('stage_timings')}",
                 flush=True,
             )
-    return summarize(runs)
+    result = summarize(runs)
+    result["gap_s"] = gap_s
+    result["settings"] = env_extra or {}
+    return result
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -145,6 +164,7 @@ def lines(result: dict[str, Any]) -> list[str]:
             f"{r['push']:4d}  {r['webhook_to_served_s']:12.2f} s  {r['webhook_to_end_s']:9.2f} s"
             for r in result["runs"]
         ),
+        f"{len(result['runs'])} pushes, {result['gap_s']:.0f} s apart; "
         f"median {result['median_s']:.2f} s, first {result['first_s']:.2f} s, "
         f"rest median {result['rest_median_s']:.2f} s, max {result['max_s']:.2f} s",
         "stage medians: "
@@ -158,13 +178,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--pushes", type=int, default=10)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--gap", type=float, default=GAP_S, help="seconds between pushes")
     parser.add_argument(
         "--env", nargs="*", default=[], help="extra NAME=VALUE settings for the stack"
     )
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory(prefix="push-bench-") as work:
-        result = measure(args.pushes, Path(work), extra)
+        result = measure(args.pushes, Path(work), extra, args.gap)
     print("\n".join(lines(result)))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

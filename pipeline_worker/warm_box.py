@@ -50,6 +50,20 @@ class BoxSupply:
         self._watch = asyncio.create_task(self._watch_idle())
         self.replenish()
 
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until the idle box is warm; False if it is not (off,
+        died, or slow)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            box = self._next
+            if box is None or (box.started_at and not box.alive):
+                return False
+            if box.ready:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
     async def take(self) -> tuple[PipelineBox, bool]:
         """A box for one pipeline, and whether it was started ahead. Not yet given to the
         pipeline: see `PipelineBox.take`."""

@@ -101,8 +101,9 @@ async def run_stages(run: RunContext) -> RolloutRecord | None:
             boxed, warm = await deps.boxes.take()
             await boxed.take(run.log.write, run.log.write_output, run.cancelled)
             await run.log.write(
-                f"kernel {settings.kernel_name!r} in the {deps.sandbox.name} sandbox: "
-                + (f"warm, started {boxed.age_s():.1f}s ago" if warm else "starting")
+                f"kernel {settings.kernel_name!r} in the {deps.sandbox.name} sandbox "
+                f"{boxed.name}: "
+                + (f"warm, started {boxed.age_s():.1f}s ago" if warm else "starting now")
             )
             relative = notebook.relative_to(cloned.workdir.resolve()).as_posix()
             await boxed.hand_over(
@@ -390,12 +391,17 @@ async def startup(ctx: dict[str, Any]) -> None:
     reason = await asyncio.to_thread(deps.sandbox.unavailable_reason)
     if reason:
         logger.error("no sandbox for pushed code (%s): pipelines will fail until fixed", reason)
+    else:
+        deps.boxes.open()
+        # NOTE: the first heartbeat (which the gateway's /ready waits for) follows the first
+        # warm box, so the first push after a start finds its kernel waiting too. Bounded:
+        # a kernel that cannot start delays nothing past its own start timeout.
+        if deps.boxes.warm and not await deps.boxes.wait_ready(settings.kernel_start_timeout_s):
+            logger.warning("the first warm box is not ready; pipelines start their own")
     ctx["heartbeat"] = asyncio.create_task(
         heartbeat(deps.redis, WorkerBeat(deps.worker_id, deps.sandbox.name, reason))
     )
     ctx["alias_sync"] = asyncio.create_task(alias_sync.run_forever(deps.redis, deps.mlflow))
-    if not reason:
-        deps.boxes.open()
     logger.info("pipeline worker %s ready (sandbox: %s)", deps.worker_id, deps.sandbox.name)
 
 
