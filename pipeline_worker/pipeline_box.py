@@ -93,8 +93,9 @@ class PipelineBox:
     def age_s(self) -> float:
         return time.monotonic() - self.started_at
 
-    async def start(self) -> None:
-        """Make the box's directory and its notebook's MLflow store, start the box process."""
+    async def start(self, *, ahead: bool) -> None:
+        """Make the box's directory and its notebook's MLflow store, start the box process;
+        `ahead`: before any pipeline needs it (a warm box), so it may wait a while."""
         await asyncio.to_thread(make_box_dir, self.box)
         self.notebook_run = await asyncio.to_thread(
             notebook_mlflow.create_run, self.box.host_path("mlruns")
@@ -123,16 +124,19 @@ class PipelineBox:
             args=(json.dumps(spec),),
             workdir=self.box.host,
             env=env,
-            # NOTE: the box's own backstop also covers its idle time before a pipeline takes
-            # it; the pipeline's wall time counts from `take` (see `_pipeline_cancelled`).
-            limits=replace(
-                limits, wall_time_s=limits.wall_time_s + self._settings.warm_box_max_age_s
-            ),
+            # NOTE: the box's own backstop also covers a warm box's idle time before a
+            # pipeline takes it; the pipeline's wall time counts from `take` (see
+            # `_pipeline_cancelled`).
+            limits=replace(limits, wall_time_s=limits.wall_time_s + self.idle_limit_s(ahead)),
             network=self._settings.sandbox_network,
             labels={"mlops.box": self.name},
         )
         self.started_at = time.monotonic()
         self._task = asyncio.ensure_future(self._run(job))
+
+    def idle_limit_s(self, ahead: bool) -> float:
+        """How long the box may wait for its pipeline at most."""
+        return self._settings.warm_box_max_age_s if ahead else self._settings.kernel_start_timeout_s
 
     async def take(self, log: LogFn, log_output: LogFn, cancelled: CancelCheck) -> None:
         """The box is this pipeline's from now on: its lines go to the pipeline's log, its

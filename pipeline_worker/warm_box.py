@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -47,6 +49,7 @@ class BoxSupply:
         if not self.warm or self._open:
             return
         self._open = True
+        self._sweep()
         self._watch = asyncio.create_task(self._watch_idle())
         self.replenish()
 
@@ -86,7 +89,7 @@ class BoxSupply:
         ended: see the module's note)."""
         if self._open and self._next is None:
             self._next = self._new()
-            self._next_started = asyncio.create_task(self._next.start())
+            self._next_started = asyncio.create_task(self._next.start(ahead=True))
 
     async def close(self) -> None:
         """The worker's shutdown: the idle box is killed and its directory removed."""
@@ -96,6 +99,20 @@ class BoxSupply:
         box, self._next = self._next, None
         if box is not None:
             await box.discard()
+
+    def _sweep(self) -> None:
+        """Remove box directories a worker that died left behind. Only those older than any
+        box can live (its idle limit plus its wall time, after which its own backstop killed
+        it): workers sharing the data directory may have live ones here."""
+        settings = self._settings
+        oldest = settings.warm_box_max_age_s + settings.sandbox_wall_time_s + 60
+        if not self._root.is_dir():
+            return
+        now = time.time()
+        for entry in self._root.iterdir():
+            with contextlib.suppress(OSError):
+                if now - entry.lstat().st_mtime > oldest:
+                    shutil.rmtree(entry, ignore_errors=True)
 
     def _new(self) -> PipelineBox:
         name = f"box-{uuid.uuid4().hex[:12]}"
@@ -109,7 +126,7 @@ class BoxSupply:
 
     async def _start(self) -> PipelineBox:
         box = self._new()
-        await box.start()
+        await box.start(ahead=False)
         return box
 
     async def _watch_idle(self) -> None:

@@ -90,14 +90,19 @@ async def run_stages(run: RunContext) -> RolloutRecord | None:
         "pipeline_id": job.id,
         "notebook_version": config.version,
     }
-    mlflow_run = asyncio.create_task(
-        asyncio.to_thread(
-            tracking.start_run, run.mlflow, config.model_name, f"pipeline-{job.id[:8]}", values
-        )
-    )
+    mlflow_run: asyncio.Task[str] | None = None
     boxed: PipelineBox | None = None
     try:
         async with run.stage(S.EXECUTING):
+            mlflow_run = asyncio.create_task(
+                asyncio.to_thread(
+                    tracking.start_run,
+                    run.mlflow,
+                    config.model_name,
+                    f"pipeline-{job.id[:8]}",
+                    values,
+                )
+            )
             boxed, warm = await deps.boxes.take()
             await boxed.take(run.log.write, run.log.write_output, run.cancelled)
             await run.log.write(
@@ -122,7 +127,7 @@ async def run_stages(run: RunContext) -> RolloutRecord | None:
             await boxed.close()
         return await register_and_deploy(run, boxed, config, cloned.commit_sha)
     finally:
-        if run.mlflow_run_id is None:
+        if run.mlflow_run_id is None and mlflow_run is not None:
             # NOTE: the run must be known to be closed, however the pipeline ended.
             with contextlib.suppress(Exception):
                 await note_mlflow_run(run, mlflow_run)
