@@ -25,7 +25,7 @@ from benchmarks.tools import ToolMissing, find_tools, install
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 LATEST = HERE / "latest"
-PARTS = ("rest", "swap", "profile", "ceiling")
+PARTS = ("rest", "swap", "profile", "ceiling", "push")
 
 
 def cmd_load(args: argparse.Namespace) -> None:

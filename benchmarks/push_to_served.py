@@ -20,13 +20,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tests.end_to_end import notebooks
-from tests.end_to_end.stack import WEBHOOK_SECRET, stack_env, started_stack
-from tests.gateway.conftest import LocalRepo, git, make_local_repo, signed_post
+if TYPE_CHECKING:
+    from tests.gateway.conftest import LocalRepo
 
 MODEL = "iris-classifier"
 """MODEL_NAME in the example notebook."""
@@ -45,6 +44,9 @@ BOX_LINE = re.compile(r"sandbox box-[0-9a-f]+: (warm, started [\d.]+s ago|starti
 
 def deliver(api: httpx.Client, repo: LocalRepo, sha: str, changed: str) -> tuple[str, float]:
     """The push of `sha`, signed as GitHub signs it; the pipeline it started and when."""
+    from tests.end_to_end.stack import WEBHOOK_SECRET
+    from tests.gateway.conftest import signed_post
+
     payload = repo.push_payload(sha, modified=[changed])
     sent = time.monotonic()
     response = signed_post(api, payload, secret=WEBHOOK_SECRET)
@@ -83,6 +85,11 @@ def measure(
 ) -> dict[str, Any]:
     """Start the stack, push `pushes` times one after the other (`gap_s` between a pipeline's
     end and the next push; the first push right after the stack is ready); every figure."""
+    # NOTE: imported here, so the report renders without the tests' helpers.
+    from tests.end_to_end import notebooks
+    from tests.end_to_end.stack import stack_env, started_stack
+    from tests.gateway.conftest import git, make_local_repo
+
     env = {**stack_env(workdir / "data", replicas=2), **(env_extra or {})}
     runs: list[dict[str, Any]] = []
     with (
@@ -172,6 +179,24 @@ def lines(result: dict[str, Any]) -> list[str]:
     ]
     out += [f"goal: {goal}: {'met' if met else 'NOT met'}" for goal, met in result["goals"].items()]
     return out
+
+
+def section(result: dict[str, Any] | None) -> list[str]:
+    """The report's section (`benchmarks/report.py`)."""
+    if not result:
+        return []
+    return [
+        "",
+        "## Push to served: ten pushes through the whole platform",
+        "",
+        "Webhook sent (signed, as GitHub sends it) to the first REST prediction made by the new "
+        "version; the example notebook, `python -m launcher` as `make run` starts it "
+        "(`benchmarks/push_to_served.py`).",
+        "",
+        "```",
+        *lines(result),
+        "```",
+    ]
 
 
 def main() -> None:

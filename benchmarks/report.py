@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import push_to_served
+
 Results = dict[str, Any]
 Cell = dict[str, Any]
 PLOT_FILE = "latency_vs_throughput.png"
@@ -339,6 +341,7 @@ def render_markdown(results: Results, plot_file: str | None = PLOT_FILE) -> str:
     )
     out += _swap_section(results.get("swap"))
     out += _pipeline_section(results.get("pipeline"))
+    out += push_to_served.section(results.get("push"))
     if ceilings:
         out += ["", "## In-process onnxruntime (one thread, back-to-back calls)", ""]
         out += _table(

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import iris_models
+from benchmarks import iris_models, push_to_served
 from benchmarks.ceiling import ort_ceiling
 from benchmarks.cells import Load, Options, grpc_request, iris_rows, run_grpc, run_rest
 from benchmarks.measure import CpuMeter
@@ -131,6 +131,9 @@ def run(plan: Plan, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
     if "profile" not in plan.skip:
         results["profile"] = results.get("profile", {})
         results["profile"]["replica"] = profile_replica(repo, logs, options, workdir)
+    if "push" not in plan.skip:
+        print("ten pushes through the whole platform (push to served):", flush=True)
+        results["push"] = push_to_served.measure(10, workdir / "push")
     results["pipeline"] = pipeline_figure()
     results["meta"]["loadavg_end"] = os.getloadavg()
     return results
