@@ -74,6 +74,13 @@ def _drop(_message: dict[str, Any]) -> None:
     """The warm-up's own output (library warnings) is no pipeline's business."""
 
 
+def preload() -> None:
+    """Import papermill and our engine (a second or more), so the job starts at once."""
+    import papermill  # noqa: F401
+
+    import pipeline_worker.notebook_engine  # noqa: F401
+
+
 def start_kernel(kernel_name: str, start_timeout_s: float, cwd: str) -> Any | None:
     """A started, warmed kernel's manager; None (with an `error` event) when it did not start."""
     from jupyter_client.blocking import BlockingKernelClient

@@ -24,6 +24,7 @@ from typing import Any
 
 from pipeline_worker.boxed import emit
 from pipeline_worker.boxed.model import convert_and_verify, preload
+from pipeline_worker.boxed.notebook import preload as preload_papermill
 from pipeline_worker.boxed.notebook import run_notebook, start_kernel
 
 # NOTE: a file, not stdin, carries the job: every sandbox runner already shares the box's
@@ -46,6 +47,7 @@ def main(spec: dict[str, Any]) -> int:
     kernel = start_kernel(spec["kernel_name"], float(spec["start_timeout_s"]), spec["cwd"])
     if kernel is None:
         return 1
+    preload_papermill()
     emit("ready")
     job = wait_for_job(Path(spec["job_file"]))
     if not run_notebook(job, kernel):
