@@ -184,10 +184,18 @@ async def register_and_deploy(
         async with run.stage(S.DEPLOYING):
             started = await deploy_version(run, config.model_name, version, config.rollout)
     # NOTE: served (or its rollout started): the next box may warm now, and what no replica
-    # needs is recorded after. The pipeline succeeds only once that is done too.
+    # needs is recorded after. The pipeline ends only once that is done too; like the
+    # notebook's record, a joblib copy MLflow refused is logged, never a failure: the version
+    # it belongs to already serves.
     deps.boxes.replenish()
     async with run.timed(RECORDING):
-        await asyncio.to_thread(register.keep_joblib, run.mlflow, run.mlflow_run_id, joblib_path)
+        try:
+            await asyncio.to_thread(
+                register.keep_joblib, run.mlflow, run.mlflow_run_id, joblib_path
+            )
+        except Exception as exc:
+            logger.warning("joblib copy of %s not kept", job.id, exc_info=True)
+            await run.log.write(f"the joblib copy was not kept: {type(exc).__name__}: {exc}")
         await keep_notebook_record(run, boxed.box, boxed.notebook_run)
     return started
 
