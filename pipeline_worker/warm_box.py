@@ -45,11 +45,14 @@ class BoxSupply:
         self._open = False
 
     def open(self) -> None:
-        """Start keeping a box ready (the worker's start-up); a no-op when warm boxes are off."""
-        if not self.warm or self._open:
+        """The worker's start-up: sweep what a dead worker left, and start keeping a box
+        ready (unless warm boxes are off)."""
+        if self._open:
             return
         self._open = True
         self._sweep()
+        if not self.warm:
+            return
         self._watch = asyncio.create_task(self._watch_idle())
         self.replenish()
 
@@ -87,7 +90,7 @@ class BoxSupply:
     def replenish(self) -> None:
         """Start the next box if there is none (when the pipeline that took one is served or
         ended: see the module's note)."""
-        if self._open and self._next is None:
+        if self.warm and self._open and self._next is None:
             self._next = self._new()
             self._next_started = asyncio.create_task(self._next.start(ahead=True))
 
@@ -98,6 +101,9 @@ class BoxSupply:
             self._watch.cancel()
         box, self._next = self._next, None
         if box is not None:
+            if self._next_started is not None:
+                with contextlib.suppress(Exception):
+                    await self._next_started  # NOTE: a failed start is no news at shutdown
             await box.discard()
 
     def _sweep(self) -> None:
