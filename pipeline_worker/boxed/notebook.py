@@ -111,6 +111,12 @@ def start_kernel(kernel_name: str, start_timeout_s: float, cwd: str) -> Any | No
     return manager
 
 
+def kernel_alive(manager: Any) -> bool:
+    from jupyter_core.utils import run_sync
+
+    return bool(run_sync(manager.is_alive)())
+
+
 def enter_directory(manager: Any, directory: str, timeout_s: float) -> None:
     """Move the started kernel into the notebook's folder, where a fresh kernel would start
     (relative paths and imports next to the notebook resolve as they did before)."""

@@ -19,13 +19,14 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline_worker.boxed import emit
 from pipeline_worker.boxed.model import convert_and_verify, preload
+from pipeline_worker.boxed.notebook import kernel_alive, run_notebook, start_kernel
 from pipeline_worker.boxed.notebook import preload as preload_papermill
-from pipeline_worker.boxed.notebook import run_notebook, start_kernel
 
 # NOTE: a file, not stdin, carries the job: every sandbox runner already shares the box's
 # directory with the worker, and none needs a channel kept open into the box. Polled: the
@@ -33,10 +34,20 @@ from pipeline_worker.boxed.notebook import run_notebook, start_kernel
 JOB_POLL_S = 0.02
 
 
-def wait_for_job(path: Path) -> dict[str, Any]:
-    """The job the worker wrote (atomically, by rename) into the box's directory."""
+# How often a waiting box checks that its kernel still lives.
+KERNEL_CHECK_S = 1.0
+
+
+def wait_for_job(path: Path, kernel_alive: Callable[[], bool]) -> dict[str, Any] | None:
+    """The job the worker wrote (atomically, by rename) into the box's directory; None if the
+    kernel died meanwhile (the box then ends, and the worker replaces it, unused)."""
+    checked = time.monotonic()
     while not path.is_file():
         time.sleep(JOB_POLL_S)
+        if time.monotonic() - checked > KERNEL_CHECK_S:
+            if not kernel_alive():
+                return None
+            checked = time.monotonic()
     job: dict[str, Any] = json.loads(path.read_text())
     return job
 
@@ -49,7 +60,10 @@ def main(spec: dict[str, Any]) -> int:
         return 1
     preload_papermill()
     emit("ready")
-    job = wait_for_job(Path(spec["job_file"]))
+    job = wait_for_job(Path(spec["job_file"]), lambda: kernel_alive(kernel))
+    if job is None:
+        emit("error", stage="executing", type="kernel_died")
+        return 1
     if not run_notebook(job, kernel):
         return 1
     model = Path(job["parameters"]["MODEL_OUTPUT_PATH"])

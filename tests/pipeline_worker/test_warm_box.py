@@ -5,6 +5,7 @@ dead box is never used; a pipeline in a warm box sees nothing of the one before 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from mlops_core.db import Pipeline
 from mlops_core.settings import Settings
 from pipeline_worker.sandbox.unboxed import Unboxed
 from pipeline_worker.warm_box import BoxSupply
+from tests.deploy.proctree import descendants
 from tests.pipeline_worker.conftest import Platform
 from tests.pipeline_worker.support import (
     TINY_MODEL,
@@ -105,8 +107,12 @@ async def test_a_warm_box_serves_one_pipeline_and_is_replaced(
 
 async def test_a_dead_warm_box_is_not_used(platform: Platform, worker, tmp_path: Path):
     doomed = await warm_box_of(platform.data_dir)
+    # As the OOM killer or an operator would: the box's whole process group. (Its `unshare`
+    # alone is not enough: the box's first process dropped its user, which clears the
+    # parent-death signal, so it would live on and still be a working box.)
     for pid in box_processes(platform.data_dir, doomed):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
     pipeline = await run_notebook(platform, tmp_path, TINY_MODEL, "after-dead-box")
     succeeded(pipeline)
     assert box_of(pipeline)[0] != doomed
@@ -178,6 +184,35 @@ async def test_an_old_or_dead_box_is_replaced_and_the_setting_turns_warm_boxes_o
         assert not warm and box.alive
         await box.discard()
         await off.close()
+
+
+async def test_a_box_whose_kernel_died_ends_and_is_not_used():
+    """The OOM killer's likely pick is the kernel: the waiting box notices and ends."""
+    with tempfile.TemporaryDirectory() as root:
+        supply = BoxSupply(Unboxed(), Settings(), Path(root))
+        supply.open()
+        try:
+            assert await supply.wait_ready(120)
+            kernels = [
+                pid
+                for pid in descendants(os.getpid())
+                if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
+            assert kernels
+            doomed = supply._next
+            assert doomed is not None
+            for pid in kernels:
+                os.kill(pid, signal.SIGKILL)
+            for _ in range(100):
+                if not doomed.alive:
+                    break
+                await asyncio.sleep(0.1)
+            assert not doomed.alive
+            box, _ = await supply.take()
+            assert box is not doomed and box.alive
+            await box.discard()
+        finally:
+            await supply.close()
 
 
 async def test_with_warm_boxes_off_each_pipeline_starts_its_own(
