@@ -87,6 +87,11 @@ class PipelineBox:
         """The notebook's own MLflow run in the box's store (`notebook_mlflow`)."""
 
     @property
+    def early_lines(self) -> list[str]:
+        """What the box printed before a pipeline took it (for the worker's log)."""
+        return list(self._early)
+
+    @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
@@ -223,6 +228,8 @@ class PipelineBox:
             self._milestones[kind].set_result(event)
         elif kind == "error" and self._failure is None:
             self._failure = self._failure_of(event)
+            if not self._taken and len(self._early) < MAX_EARLY_LINES:
+                self._early.append(line)  # NOTE: why a box died unused, for the worker's log
 
     async def _run(self, job: BoxJob) -> None:
         try:

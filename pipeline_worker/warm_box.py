@@ -83,7 +83,13 @@ class BoxSupply:
                 logger.warning("warm box %s did not start", box.name, exc_info=True)
             if box.alive and box.age_s() < self._settings.warm_box_max_age_s:
                 return box, True
-            logger.info("warm box %s unfit (alive: %s); starting another", box.name, box.alive)
+            logger.warning(
+                "warm box %s unfit (alive: %s, age %.0fs); starting another; its last lines: %s",
+                box.name,
+                box.alive,
+                box.age_s(),
+                box.early_lines[-10:],
+            )
             await box.discard()
         return await self._start(), False
 
