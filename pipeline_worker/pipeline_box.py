@@ -52,6 +52,7 @@ MAX_SIGNATURE_BYTES = 1024 * 1024
 # Lines a box prints before a pipeline takes it (its kernel's start-up warnings), kept for
 # that pipeline's log.
 MAX_EARLY_LINES = 200
+COLD_BOX_MAX_WAIT_S = 600.0
 
 
 async def _never() -> bool:
@@ -121,6 +122,7 @@ class PipelineBox:
             "kernel_name": self._settings.kernel_name,
             "start_timeout_s": self._settings.kernel_start_timeout_s,
             "cwd": self.box.at(),
+            "max_wait_s": self.idle_limit_s(ahead),
         }
         limits = Limits.from_settings(self._settings)
         job = BoxJob(
@@ -141,7 +143,8 @@ class PipelineBox:
 
     def idle_limit_s(self, ahead: bool) -> float:
         """How long the box may wait for its pipeline at most."""
-        return self._settings.warm_box_max_age_s if ahead else self._settings.kernel_start_timeout_s
+        # NOTE: a box started on demand gets its job once the checkout is copied in.
+        return self._settings.warm_box_max_age_s if ahead else COLD_BOX_MAX_WAIT_S
 
     async def take(self, log: LogFn, log_output: LogFn, cancelled: CancelCheck) -> None:
         """The box is this pipeline's from now on: its lines go to the pipeline's log, its

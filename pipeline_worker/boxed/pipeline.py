@@ -7,7 +7,8 @@ directory once a pipeline takes the box. It runs the notebook (`boxed.notebook`)
 the model it exported, converts and verifies it (`boxed.model`). Events, in order: `ready`,
 `cell`..., `executed`, `converted`, `verified`; or `error` with the stage and a message.
 
-The spec (known before any pipeline): `job_file`, `kernel_name`, `start_timeout_s`, `cwd`.
+The spec (known before any pipeline): `job_file`, `kernel_name`, `start_timeout_s`, `cwd`,
+`max_wait_s`.
 The job (one pipeline's): `notebook`, `executed`, `parameters`, `onnx_dir`,
 `kernel_name`, `start_timeout_s`, `execution_timeout_s`.
 """
@@ -34,20 +35,32 @@ from pipeline_worker.boxed.notebook import preload as preload_papermill
 JOB_POLL_S = 0.02
 
 
-# How often a waiting box checks that its kernel still lives.
-KERNEL_CHECK_S = 1.0
+# How often a waiting box checks that its kernel and its worker still live.
+CHECK_S = 1.0
 
 
-def wait_for_job(path: Path, kernel_alive: Callable[[], bool]) -> dict[str, Any] | None:
-    """The job the worker wrote (atomically, by rename) into the box's directory; None if the
-    kernel died meanwhile (the box then ends, and the worker replaces it, unused)."""
-    checked = time.monotonic()
+def wait_for_job(
+    path: Path, kernel_alive: Callable[[], bool], max_wait_s: float
+) -> dict[str, Any] | str:
+    """The job the worker wrote (atomically, by rename) into the box's directory; or why
+    there is none: the kernel died, or no job came within `max_wait_s` (the box then ends,
+    and the worker replaces it, unused).
+
+    NOTE: a worker that dies (SIGKILL) takes the box's `unshare` with it, but not the box: its
+    first process changed user, which clears the parent-death signal. A waiting box would
+    wait for ever, so it says `waiting` every second: once no worker reads its output, the
+    write fails (broken pipe) and the box ends."""
+    started = checked = time.monotonic()
     while not path.is_file():
         time.sleep(JOB_POLL_S)
-        if time.monotonic() - checked > KERNEL_CHECK_S:
+        now = time.monotonic()
+        if now - started > max_wait_s:
+            return f"no job came within {max_wait_s:.0f}s"
+        if now - checked > CHECK_S:
+            emit("waiting")
             if not kernel_alive():
-                return None
-            checked = time.monotonic()
+                return "the kernel died while the box waited for its job"
+            checked = now
     job: dict[str, Any] = json.loads(path.read_text())
     return job
 
@@ -60,9 +73,11 @@ def main(spec: dict[str, Any]) -> int:
         return 1
     preload_papermill()
     emit("ready")
-    job = wait_for_job(Path(spec["job_file"]), lambda: kernel_alive(kernel))
-    if job is None:
-        emit("error", stage="executing", type="kernel_died")
+    job = wait_for_job(
+        Path(spec["job_file"]), lambda: kernel_alive(kernel), float(spec["max_wait_s"])
+    )
+    if isinstance(job, str):
+        emit("error", stage="executing", message=job)
         return 1
     if not run_notebook(job, kernel):
         return 1
