@@ -25,7 +25,7 @@ from benchmarks.tools import ToolMissing, find_tools, install
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 LATEST = HERE / "latest"
-PARTS = ("rest", "swap", "profile", "ceiling", "models")
+PARTS = ("rest", "swap", "profile", "ceiling", "models", "push")
 
 
 def cmd_load(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import many_models
+from benchmarks import many_models, push_to_served
 
 Results = dict[str, Any]
 Cell = dict[str, Any]
@@ -414,6 +414,7 @@ def render_markdown(results: Results, plot_file: str | None = PLOT_FILE) -> str:
     out += _swap_section(results.get("swap"))
     out += many_models.section(results.get("models"))
     out += _pipeline_section(results.get("pipeline"))
+    out += push_to_served.section(results.get("push"))
     if ceilings:
         out += ["", "## In-process onnxruntime (back-to-back calls)", ""]
         out += _table(

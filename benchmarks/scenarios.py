@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks import iris_models, many_models
+from benchmarks import iris_models, many_models, push_to_served
 from benchmarks.ceiling import ort_ceiling, ort_ceiling_on_cpus
 from benchmarks.cells import Load, Options, grpc_request, iris_rows, run_grpc, run_rest
 from benchmarks.measure import CpuMeter
@@ -143,6 +143,9 @@ def run(plan: Plan, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
     if "models" not in plan.skip:
         print("many models per replica:", flush=True)
         results["models"] = many_models.scenario(workdir, options)
+    if "push" not in plan.skip:
+        print("ten pushes through the whole platform (push to served):", flush=True)
+        results["push"] = push_to_served.measure(10, workdir / "push")
     results["pipeline"] = pipeline_figure()
     results["meta"]["loadavg_end"] = os.getloadavg()
     return results

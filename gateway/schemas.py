@@ -141,6 +141,11 @@ class PipelineOut(BaseModel):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     duration_s: float | None = Field(description="From start to end (or to now)")
+    served_s: float | None = Field(
+        None,
+        description="From the webhook to its version served (or its rollout started): the "
+        "timings up to `deploying`, `queued` included; None until then",
+    )
     waiting_for: str | None = Field(
         None,
         description="Why a queued pipeline is not running yet, when the platform knows: no "
@@ -191,7 +196,20 @@ class PipelineOut(BaseModel):
             started_at=p.started_at,
             finished_at=p.finished_at,
             duration_s=duration,
+            served_s=served_after(p.stage_timings or {}),
         )
+
+
+# The pipeline worker's timed step after the deploy (`pipeline_worker.worker.RECORDING`).
+RECORDING = "recording"
+
+
+def served_after(timings: dict[str, float]) -> float | None:
+    """Seconds from the webhook to served: every timing before `recording`, which the worker
+    writes only once the version is deployed (or its rollout started)."""
+    if RECORDING not in timings:
+        return None
+    return round(sum(v for k, v in timings.items() if k != RECORDING), 3)
 
 
 QUEUE_NOTE_DESCRIPTION = (

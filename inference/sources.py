@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -53,12 +54,19 @@ class DirectorySource:
         return directory
 
 
+def _import_mlflow() -> None:
+    import mlflow.artifacts  # noqa: F401
+
+
 class MlflowSource:
     """Registered versions (`models:/<name>/<version>`), downloaded once into the repository."""
 
     def __init__(self, tracking_uri: str, cache_root: Path) -> None:
         self.tracking_uri = tracking_uri
         self.cache_root = cache_root
+        # NOTE: mlflow takes seconds to import; on a thread from the start, so the first
+        # version a replica fetches (the first push after a start) does not wait for it.
+        threading.Thread(target=_import_mlflow, name="import-mlflow", daemon=True).start()
 
     async def fetch(self, name: str, version: str) -> Path:
         target = self.cache_root / name / version

@@ -227,6 +227,15 @@ class Settings(BaseSettings):
     pointed at it."""
     ready_timeout_s: float = Field(180.0, validation_alias=_env("MLOPS_READY_TIMEOUT_S"))
     """How long `make run` waits for every service to be ready before it gives up."""
+    warm_box: bool = Field(True, validation_alias=_env("MLOPS_WARM_BOX"))
+    """Each pipeline worker keeps one sandbox started ahead (kernel started, libraries
+    imported), used by exactly one pipeline and then replaced: seconds off every push. Off:
+    each pipeline starts its box when it reaches the executing stage. Local and unboxed
+    sandboxes only (the Kubernetes sandbox always starts its box on demand)."""
+    warm_box_max_age_s: float = Field(
+        3600.0, gt=0, validation_alias=_env("MLOPS_WARM_BOX_MAX_AGE_S")
+    )
+    """A warm box idle longer than this is thrown away and replaced, not used."""
 
     # --- connection age (replicas behind DNS) ---------------------------------------------
     grpc_max_connection_age_s: float = Field(

@@ -1,9 +1,14 @@
 """A pipeline's box directory as the worker sees it: laid out before a box runs, read back
 after it ended, without ever following a link the boxed code may have planted.
 
-Layout (host `<pipeline workdir>/box`, `/pipeline` inside the local box):
+Layout (host `<workroot>/boxes/<box id>`, `/pipeline` inside the local box):
 `repo/` the commit without `.git`; `output/` what the notebook exports; `mlruns/` the
-notebook's own MLflow store; `executed.ipynb`; `onnx/` what conversion writes.
+notebook's own MLflow store; `executed.ipynb`; `onnx/` what conversion writes; `job.json`
+what the worker hands the box once its pipeline is known (see `pipeline_box`).
+
+NOTE: a box may start before its pipeline is known (a warm box), so the directory is made
+empty first (`make_box_dir`) and the checkout laid into it later (`lay_out`): the directory
+itself must stay the same one, since the running box has it mounted.
 """
 
 from __future__ import annotations
@@ -29,14 +34,18 @@ class BoxDir:
         return self.host.joinpath(*parts)
 
 
-def lay_out(box: BoxDir, checkout: Path) -> None:
-    """Fill a fresh box directory with the checkout (no `.git`: no remote URL or credential
-    helper configuration reaches the box) and the empty folders the stages write to."""
+def make_box_dir(box: BoxDir) -> None:
+    """A fresh, empty box directory with the folders the stages write to."""
     shutil.rmtree(box.host, ignore_errors=True)
     box.host.mkdir(parents=True)
-    shutil.copytree(checkout, box.host / "repo", symlinks=True, ignore=_git_dirs)
     for name in ("output", "onnx"):
         (box.host / name).mkdir()
+
+
+def lay_out(box: BoxDir, checkout: Path) -> None:
+    """Copy the checkout into the box directory as `repo/` (no `.git`: no remote URL or
+    credential helper configuration reaches the box)."""
+    shutil.copytree(checkout, box.host / "repo", symlinks=True, ignore=_git_dirs)
 
 
 def _git_dirs(_directory: str, names: list[str]) -> set[str]:

@@ -61,14 +61,22 @@ class RunContext:
             raise PipelineCancelled()
         self.stage_name = self.log.stage = status.value
         await self.update(status=status.value)
+        async with self.timed(status.value):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def timed(self, name: str) -> AsyncIterator[None]:
+        """A timed step under `name` in `stage_timings` and the log; a stage is one, and so is
+        work after the deploy (`recording`) that changes no status."""
+        self.log.stage = name
         await self.log.write("started")
         started = time.monotonic()
         try:
             yield
         finally:
-            self.timings[status.value] = round(time.monotonic() - started, 3)
+            self.timings[name] = round(time.monotonic() - started, 3)
             await self.update(stage_timings=dict(self.timings))
-        await self.log.write(f"done in {self.timings[status.value]:.2f}s")
+        await self.log.write(f"done in {self.timings[name]:.2f}s")
 
     async def finish(
         self, status: PipelineStatus, message: str | None = None, stage: str | None = None

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mlops_core.settings import Settings
 from pipeline_worker.lease import owner_id
 from pipeline_worker.sandbox import Sandbox
+from pipeline_worker.warm_box import BoxSupply
 
 
 @dataclass
@@ -22,6 +23,11 @@ class WorkerDeps:
     mlflow: MlflowClient
     sandbox: Sandbox
     worker_id: str = field(default_factory=owner_id)
+    boxes: BoxSupply = field(init=False)
+    """Where pipelines get their boxes (warm ones once the worker's start-up opened it)."""
+
+    def __post_init__(self) -> None:
+        self.boxes = BoxSupply(self.sandbox, self.settings, self.workroot / "boxes")
 
     @property
     def workroot(self) -> Path:

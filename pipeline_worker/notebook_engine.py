@@ -2,9 +2,10 @@
 
 Papermill's own engine only logs outputs to a Python logger. This one subclasses its nbclient
 client, so parameter injection, output saving after every cell and `PapermillExecutionError`
-stay papermill's, and adds two things: events for the live log, and a kernel started with the
-environment and working directory we choose. It runs inside the box
-(`pipeline_worker.boxed.notebook`); ending the box ends the kernel and all it started.
+stay papermill's, and adds two things: events for the live log, and a kernel started before
+the notebook was known (`kernel_manager`, see `pipeline_worker.boxed.notebook`), which the
+client uses as it is and leaves running. It runs inside the box; ending the box ends the
+kernel and all it started.
 """
 
 from __future__ import annotations
@@ -50,24 +51,13 @@ class StreamingNotebookClient(PapermillNotebookClient):
         nb_man: Any,
         *,
         sink: CellEventSink,
-        kernel_env: dict[str, str],
-        kernel_cwd: str,
         **kw: Any,
     ) -> None:
         super().__init__(nb_man, **kw)
         self._sink = sink
-        self._kernel_env = kernel_env
-        self._kernel_cwd = kernel_cwd
         self._current: dict[str, Any] = {}
         self.on_cell_start = self._cell_started
         self.on_cell_executed = self._cell_executed
-
-    def start_new_kernel(self, **kwargs: Any) -> None:
-        # NOTE: nbclient's `start_new_kernel` is `run_sync` of the base coroutine, so the
-        # override has to be here rather than on `async_start_new_kernel`.
-        kwargs.setdefault("env", self._kernel_env)
-        kwargs.setdefault("cwd", self._kernel_cwd)
-        super().start_new_kernel(**kwargs)
 
     def _position(self, cell: Any, cell_index: int) -> dict[str, Any]:
         """The cell's index in the user's notebook (the injected parameters cell not counted)."""
@@ -117,16 +107,14 @@ class StreamingEngine(NBClientEngine):
         execution_timeout: float | None = None,
         *,
         sink: CellEventSink,
-        kernel_env: dict[str, str],
-        kernel_cwd: str,
+        kernel_manager: Any,
         **kwargs: Any,
     ) -> Any:
         kwargs.pop("input_path", None)
         client = StreamingNotebookClient(
             nb_man,
+            km=kernel_manager,
             sink=sink,
-            kernel_env=kernel_env,
-            kernel_cwd=kernel_cwd,
             timeout=execution_timeout,
             startup_timeout=start_timeout,
             kernel_name=kernel_name,

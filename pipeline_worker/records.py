@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import select
@@ -53,19 +54,25 @@ def update(sessions: sessionmaker[Session], pipeline_id: str, **fields: Any) -> 
                 setattr(pipeline, name, value)
 
 
-def begin_attempt(sessions: sessionmaker[Session], pipeline_id: str) -> int:
-    """Count a new attempt and clear what an earlier one left; returns the attempt number."""
+def begin_attempt(sessions: sessionmaker[Session], pipeline_id: str) -> tuple[int, float]:
+    """Count a new attempt and clear what an earlier one left; returns the attempt number and
+    the seconds the pipeline waited since it was created (its `queued` timing)."""
     with session_scope(sessions) as session:
         pipeline = session.get(Pipeline, pipeline_id)
         if pipeline is None:
-            return 0
+            return 0, 0.0
+        now = utcnow()
+        created = pipeline.created_at
+        if created.tzinfo is None:  # NOTE: SQLite keeps no time zone; we store UTC
+            created = created.replace(tzinfo=UTC)
+        queued = round(max((now - created).total_seconds(), 0.0), 3)
         pipeline.attempts = (pipeline.attempts or 0) + 1
-        pipeline.started_at = utcnow()
+        pipeline.started_at = now
         pipeline.error_stage = None
         pipeline.error_message = None
-        pipeline.stage_timings = {}
+        pipeline.stage_timings = {PipelineStatus.QUEUED.value: queued}
         pipeline.model_version = None
-        return pipeline.attempts
+        return pipeline.attempts, queued
 
 
 def requeue_after_clean_stop(sessions: sessionmaker[Session], pipeline_id: str) -> None:

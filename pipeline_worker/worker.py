@@ -30,7 +30,7 @@ from pipeline_worker import (
     rollout,
     tracking,
 )
-from pipeline_worker.box_files import BoxDir, UnsafeFile, harvest, lay_out
+from pipeline_worker.box_files import BoxDir, UnsafeFile, harvest
 from pipeline_worker.cancellation import PipelineCancelled
 from pipeline_worker.context import RunContext
 from pipeline_worker.deps import WorkerDeps
@@ -39,14 +39,15 @@ from pipeline_worker.pipeline_box import PipelineBox, take_model
 from pipeline_worker.recovery import recover_orphans
 from pipeline_worker.requeue import requeue_stranded
 from pipeline_worker.sandbox.runners import sandbox_for
-from pipeline_worker.scrub import box_environment
 from pipeline_worker.stages import deploy, execute, register
 from pipeline_worker.stages.clone import clone
-from pipeline_worker.stages.validate import notebook_file, validate
+from pipeline_worker.stages.validate import NotebookConfig, notebook_file, validate
 
 logger = logging.getLogger(__name__)
 S = PipelineStatus
 EXECUTED_COPY = "executed.ipynb"
+RECORDING = "recording"
+"""The timed step after the deploy: the joblib file and the notebook's record into MLflow."""
 # What the worker copies out of a box at most: the executed notebook is capped after.
 MAX_EXECUTED_NOTEBOOK_BYTES = 256 * 1024 * 1024
 MAX_JOBLIB_BYTES = 2 * 1024 * 1024 * 1024
@@ -80,49 +81,41 @@ async def run_stages(run: RunContext) -> RolloutRecord | None:
         await run.update(model_name=config.model_name, notebook_version=config.version)
         await run.log.write(f"model {config.model_name!r}, notebook VERSION {config.version!r}")
 
-    box = BoxDir(run.local_file("box"), deps.sandbox.inside(run.local_file("box")))
-    boxed = PipelineBox(
-        deps.sandbox,
-        box,
-        settings=settings,
-        log=run.log.write,
-        log_output=run.log.write_output,
-        cancelled=run.cancelled,
-        name=f"pipeline-{job.id}",
-    )
-    notebook_run = ""
+    # NOTE: the pipeline's MLflow run is created while the box runs the notebook: nothing in
+    # the box needs it (the notebook logs to its own store, copied over afterwards).
+    values = {
+        "repository": job.repository or job.github_url,
+        "commit": cloned.commit_sha,
+        "branch": job.branch,
+        "pipeline_id": job.id,
+        "notebook_version": config.version,
+    }
+    mlflow_run: asyncio.Task[str] | None = None
+    boxed: PipelineBox | None = None
     try:
         async with run.stage(S.EXECUTING):
-            values = {
-                "repository": job.repository or job.github_url,
-                "commit": cloned.commit_sha,
-                "branch": job.branch,
-                "pipeline_id": job.id,
-                "notebook_version": config.version,
-            }
-            run.mlflow_run_id = await asyncio.to_thread(
-                tracking.start_run,
-                run.mlflow,
-                config.model_name,
-                f"pipeline-{job.id[:8]}",
-                values,
+            mlflow_run = asyncio.create_task(
+                asyncio.to_thread(
+                    tracking.start_run,
+                    run.mlflow,
+                    config.model_name,
+                    f"pipeline-{job.id[:8]}",
+                    values,
+                )
             )
-            await run.update(mlflow_run_id=run.mlflow_run_id)
-            await run.log.write(f"MLflow run {run.mlflow_run_id}")
-            await asyncio.to_thread(lay_out, box, cloned.workdir)
-            notebook_run = await asyncio.to_thread(
-                notebook_mlflow.create_run, box.host_path("mlruns")
-            )
-            env = box_environment(
-                {
-                    **notebook_mlflow.FILE_STORE_SWITCH,
-                    "MLFLOW_TRACKING_URI": f"file://{box.at('mlruns')}",
-                    "MLFLOW_RUN_ID": notebook_run,
-                }
+            boxed, warm = await deps.boxes.take()
+            await boxed.take(run.log.write, run.log.write_output, run.cancelled)
+            await run.log.write(
+                f"kernel {settings.kernel_name!r} in the {deps.sandbox.name} sandbox "
+                f"{boxed.name}: "
+                + (f"warm, started {boxed.age_s():.1f}s ago" if warm else "starting now")
             )
             relative = notebook.relative_to(cloned.workdir.resolve()).as_posix()
-            boxed.start(f"repo/{relative}", execute.parameters(box, job.id), env)
+            await boxed.hand_over(
+                cloned.workdir, f"repo/{relative}", execute.parameters(boxed.box, job.id)
+            )
             await boxed.executed()
+            await note_mlflow_run(run, mlflow_run)
         async with run.stage(S.CONVERTING):
             converted = await boxed.converted()
             await run.log.write(
@@ -132,14 +125,36 @@ async def run_stages(run: RunContext) -> RolloutRecord | None:
             parity = await boxed.verified()
             await run.log.write(f"parity: {str(parity.get('summary'))[:2000]}")
             await boxed.close()
+        return await register_and_deploy(run, boxed, config, cloned.commit_sha)
     finally:
-        await boxed.close()
-        if notebook_run:
-            await keep_notebook_record(run, box, notebook_run)
+        if run.mlflow_run_id is None and mlflow_run is not None:
+            # NOTE: the run must be known to be closed, however the pipeline ended.
+            with contextlib.suppress(Exception):
+                await note_mlflow_run(run, mlflow_run)
+        if boxed is not None:
+            await boxed.close()
+            if boxed.notebook_run and run.mlflow_run_id and RECORDING not in run.timings:
+                await keep_notebook_record(run, boxed.box, boxed.notebook_run)
+            await boxed.discard()
+        deps.boxes.replenish()
+
+
+async def note_mlflow_run(run: RunContext, started: asyncio.Task[str]) -> None:
+    run.mlflow_run_id = await started
+    await run.update(mlflow_run_id=run.mlflow_run_id)
+    await run.log.write(f"MLflow run {run.mlflow_run_id}")
+
+
+async def register_and_deploy(
+    run: RunContext, boxed: PipelineBox, config: NotebookConfig, commit: str
+) -> RolloutRecord | None:
+    """Register the ONNX model, deploy it, then record the rest in MLflow (`recording`)."""
+    deps, job, settings = run.deps, run.job, run.deps.settings
+    assert run.mlflow_run_id is not None
     onnx_dir = run.local_file("onnx")
-    await asyncio.to_thread(take_model, box, onnx_dir, settings.max_message_bytes)
+    await asyncio.to_thread(take_model, boxed.box, onnx_dir, settings.max_message_bytes)
     joblib_path = await asyncio.to_thread(
-        harvest_or_fail, box, execute.MODEL_FILE, run.local_file("joblib", "model.joblib")
+        harvest_or_fail, boxed.box, execute.MODEL_FILE, run.local_file("joblib", "model.joblib")
     )
 
     # NOTE: versions of one model register and roll out one pipeline at a time, so version
@@ -160,16 +175,29 @@ async def run_stages(run: RunContext) -> RolloutRecord | None:
                     model_name=config.model_name,
                     run_id=run.mlflow_run_id,
                     onnx_dir=onnx_dir,
-                    joblib_path=joblib_path,
-                    tags={"pipeline_id": job.id, "commit": cloned.commit_sha},
+                    tags={"pipeline_id": job.id, "commit": commit},
                 ),
             )
             await run.update(model_version=version)
             await run.log.write(f"registered {config.model_name} version {version}")
 
         async with run.stage(S.DEPLOYING):
-            return await deploy_version(run, config.model_name, version, config.rollout)
-    return None
+            started = await deploy_version(run, config.model_name, version, config.rollout)
+    # NOTE: served (or its rollout started): the next box may warm now, and what no replica
+    # needs is recorded after. The pipeline ends only once that is done too; like the
+    # notebook's record, a joblib copy MLflow refused is logged, never a failure: the version
+    # it belongs to already serves.
+    deps.boxes.replenish()
+    async with run.timed(RECORDING):
+        try:
+            await asyncio.to_thread(
+                register.keep_joblib, run.mlflow, run.mlflow_run_id, joblib_path
+            )
+        except Exception as exc:
+            logger.warning("joblib copy of %s not kept", job.id, exc_info=True)
+            await run.log.write(f"the joblib copy was not kept: {type(exc).__name__}: {exc}")
+        await keep_notebook_record(run, boxed.box, boxed.notebook_run)
+    return started
 
 
 async def deploy_version(
@@ -272,7 +300,10 @@ async def run_pipeline(ctx: dict[str, Any], pipeline_id: str) -> str:
     run = RunContext(deps, job)
     deadline: asyncio.Timeout | None = None
     async with lease.lease(deps.redis, pipeline_id, deps.worker_id):
-        attempt = await asyncio.to_thread(records.begin_attempt, deps.sessions, pipeline_id)
+        attempt, queued_s = await asyncio.to_thread(
+            records.begin_attempt, deps.sessions, pipeline_id
+        )
+        run.timings[S.QUEUED.value] = queued_s
         await run.log.write(f"attempt {attempt} on worker {deps.worker_id}")
         shutil.rmtree(run.workdir, ignore_errors=True)
         try:
@@ -373,6 +404,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     reason = await asyncio.to_thread(deps.sandbox.unavailable_reason)
     if reason:
         logger.error("no sandbox for pushed code (%s): pipelines will fail until fixed", reason)
+    else:
+        deps.boxes.open()
+        # NOTE: the first heartbeat (which the gateway's /ready waits for) follows the first
+        # warm box, so the first push after a start finds its kernel waiting too. Bounded:
+        # a kernel that cannot start delays nothing past its own start timeout.
+        if deps.boxes.warm and not await deps.boxes.wait_ready(settings.kernel_start_timeout_s):
+            logger.warning("the first warm box is not ready; pipelines start their own")
     ctx["heartbeat"] = asyncio.create_task(
         heartbeat(deps.redis, WorkerBeat(deps.worker_id, deps.sandbox.name, reason))
     )
@@ -389,6 +427,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(BaseException):
             await worker_heartbeat.forget(ctx["deps"].redis, ctx["deps"].worker_id)
     if "deps" in ctx:
+        await ctx["deps"].boxes.close()
         ctx["engine"].dispose()
 
 
@@ -409,6 +448,9 @@ class WorkerSettings:
     redis_settings = pipeline_queue.redis_settings(_settings.redis_url or "redis://localhost:6379")
     on_startup = startup
     on_shutdown = shutdown
+    # NOTE: arq looks for new jobs every 0.5 s by default, a quarter of a second of every
+    # push's wait on average; a Redis read every 0.1 s costs nothing next to it.
+    poll_delay = 0.1
     max_jobs = _settings.worker_concurrency
     # NOTE: our own timeout (pipeline_timeout_s) ends a pipeline cleanly; arq's is a backstop.
     job_timeout = _settings.pipeline_timeout_s + _settings.rollout_max_s + 120

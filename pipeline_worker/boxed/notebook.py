@@ -1,12 +1,19 @@
-"""In the box: run one notebook with papermill and report each cell as it happens.
+"""In the box: start a kernel ahead, then run one notebook in it with papermill and report
+each cell as it happens.
 
-The spec names the notebook, the executed copy to write, the injected parameters, the kernel
-and the timeouts. Events: `cell` (start, output, end of a cell), or `error` with the stage,
-the failure's type and text.
+`start_kernel` starts the kernel with the box's whole environment (built by the worker, no
+secret in it) and imports the usual numeric libraries into it, before the job is known. The
+job names the notebook, the executed copy to write, the injected parameters and the cell
+timeout. Events: `cell` (start, output, end of a cell), or `error` with the stage, the
+failure's type and text.
+
+NOTE: pre-importing into the very kernel the user's notebook runs is safe only because a box
+serves one pipeline and is thrown away: nothing of another pipeline was ever in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -55,14 +62,95 @@ def _report_cell(event: dict[str, Any]) -> None:
         emit("cell", phase="output", text="\n".join(chunk), **fields)
 
 
-def run_notebook(spec: dict[str, Any]) -> bool:
-    """Run the notebook; False (with an `error` event) when it did not run to its end."""
+# Imported into the kernel before its notebook is known (silently: no output, no history):
+# what notebooks of the contract (the example's included) import, seconds of a cold start.
+WARM_UP = (
+    "import numpy, pandas, joblib, mlflow, sklearn.datasets, sklearn.linear_model, "
+    "sklearn.metrics, sklearn.model_selection, sklearn.pipeline, sklearn.preprocessing"
+)
+
+
+def _drop(_message: dict[str, Any]) -> None:
+    """The warm-up's own output (library warnings) is no pipeline's business."""
+
+
+def preload() -> None:
+    """Import papermill and our engine (a second or more), so the job starts at once."""
+    import papermill  # noqa: F401
+
+    import pipeline_worker.notebook_engine  # noqa: F401
+
+
+def start_kernel(kernel_name: str, start_timeout_s: float, cwd: str) -> Any | None:
+    """A started, warmed kernel's manager; None (with an `error` event) when it did not start."""
+    from jupyter_client.blocking import BlockingKernelClient
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    # NOTE: nbclient drives kernels with the async manager and client on jupyter_core's loop;
+    # the kernel is started on that same loop so papermill can take it over as it is.
+    manager = AsyncKernelManager(kernel_name=kernel_name)
+    try:
+        run_sync(manager.start_kernel)(env=dict(os.environ), cwd=cwd)
+        client = BlockingKernelClient()
+        client.load_connection_info(manager.get_connection_info())
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=start_timeout_s)
+            # NOTE: a failing or slow warm-up import is the notebook's business: it fails there
+            # if it needs the library, or its first cell waits for the import to finish.
+            with contextlib.suppress(TimeoutError):
+                client.execute_interactive(
+                    WARM_UP, silent=True, timeout=start_timeout_s, output_hook=_drop
+                )
+        finally:
+            client.stop_channels()
+    except Exception as exc:
+        emit("error", stage="executing", **_error(exc))
+        return None
+    return manager
+
+
+def kernel_alive(manager: Any) -> bool:
+    """False only when the kernel's process is known to have ended; a check that fails says
+    nothing (the notebook's run finds out for sure)."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        return bool(run_sync(manager.is_alive)())
+    except Exception:
+        return True
+
+
+def enter_directory(manager: Any, directory: str, timeout_s: float) -> None:
+    """Move the started kernel into the notebook's folder, where a fresh kernel would start
+    (relative paths and imports next to the notebook resolve as they did before)."""
+    from jupyter_client.blocking import BlockingKernelClient
+
+    client = BlockingKernelClient()
+    client.load_connection_info(manager.get_connection_info())
+    client.start_channels()
+    try:
+        client.execute_interactive(
+            f"import os as _os; _os.chdir({directory!r}); del _os",
+            silent=True,
+            timeout=timeout_s,
+            output_hook=_drop,
+        )
+    finally:
+        client.stop_channels()
+
+
+def run_notebook(spec: dict[str, Any], kernel: Any) -> bool:
+    """Run the notebook in the started `kernel`; False (with an `error` event) when it did not
+    run to its end."""
     import papermill
 
     from pipeline_worker.notebook_engine import ENGINE_NAME
 
     notebook = Path(spec["notebook"])
     try:
+        enter_directory(kernel, str(notebook.parent), float(spec["start_timeout_s"]))
         papermill.execute_notebook(
             str(notebook),
             spec["executed"],
@@ -75,8 +163,7 @@ def run_notebook(spec: dict[str, Any]) -> bool:
             start_timeout=int(spec["start_timeout_s"]),
             execution_timeout=int(spec["execution_timeout_s"]),
             sink=_report_cell,
-            kernel_env=dict(os.environ),
-            kernel_cwd=str(notebook.parent),
+            kernel_manager=kernel,
         )
     except Exception as exc:
         emit("error", stage="executing", **_error(exc))

@@ -88,6 +88,11 @@ class Sandbox(Protocol):
         """Where boxed code sees a job's `workdir` (BOX_WORKDIR in a real box)."""
         ...
 
+    def give(self, workdir: Path) -> None:
+        """Make files the worker laid into a job's `workdir` (after its box started) the box
+        user's, as `run` does for those there before."""
+        ...
+
     async def run(self, job: BoxJob, on_line: LineSink, cancelled: CancelCheck) -> BoxOutcome:
         """Run `job` to its end; every process it started is gone when this returns or raises
         (CancelledError included). Raises SandboxUnavailable when no box can be made."""

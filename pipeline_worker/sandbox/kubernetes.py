@@ -226,6 +226,10 @@ class KubernetesSandbox:
     def inside(self, workdir: Path) -> PurePosixPath:
         return BOX_WORKDIR
 
+    def give(self, workdir: Path) -> None:
+        """The pod's user is fixed by the Job's security context and the claim's group; the
+        worker changes no ownership here (as before warm boxes)."""
+
     @property
     def namespace(self) -> str:
         return (

@@ -134,7 +134,7 @@ class LocalSandbox:
             *command,
         ]
 
-    def _prepare(self, workdir: Path) -> None:
+    def give(self, workdir: Path) -> None:
         """The box's user owns its work directory (as root: nobody; else: already ours)."""
         if not self.as_root:
             return
@@ -158,7 +158,7 @@ class LocalSandbox:
                 "--nofile=4096",
             ]
         )
-        await asyncio.to_thread(self._prepare, job.workdir)
+        await asyncio.to_thread(self.give, job.workdir)
         python = str(Path(sys.prefix) / "bin" / "python")
         argv = self.argv(
             job.workdir,

@@ -21,6 +21,9 @@ class Unboxed:
     def inside(self, workdir: Path) -> PurePosixPath:
         return PurePosixPath(workdir)
 
+    def give(self, workdir: Path) -> None:
+        """Boxed code runs as the worker's own user: its files are already its own."""
+
     async def run(self, job: BoxJob, on_line: LineSink, cancelled: CancelCheck) -> BoxOutcome:
         return await run_process(
             [str(Path(sys.prefix) / "bin" / "python"), "-m", job.module, *job.args],

@@ -1,7 +1,9 @@
-"""Register stage: the run's artifacts and a new version of the registered model.
+"""Register stage: the run's ONNX artifacts and a new version of the registered model.
 
 The version's source is the run's `onnx/` folder, holding `model.onnx` and `signature.json` at
 its root, so `models:/<name>/<version>` downloads exactly what an inference replica loads.
+That is all a replica needs, so it is all that precedes the deploy: the joblib copy of the
+model (`keep_joblib`) is uploaded after it, with the rest of the run's record.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ class RegisterInput:
     run_id: str
     onnx_dir: Path
     """Holds model.onnx and signature.json."""
-    joblib_path: Path
     tags: dict[str, str]
     """Tags for the model version (pipeline id, commit, repository)."""
 
@@ -36,7 +37,6 @@ def register(client: MlflowClient, item: RegisterInput) -> str:
     """Log the artifacts and create the model version; returns the version ("1", "2", ...)."""
     try:
         log_artifact(client, item.run_id, item.onnx_dir, MODEL_ARTIFACT_PATH)
-        log_artifact(client, item.run_id, item.joblib_path, "joblib")
         try:
             client.create_registered_model(item.model_name)
         except MlflowException as exc:
@@ -52,3 +52,8 @@ def register(client: MlflowClient, item: RegisterInput) -> str:
     except MlflowException as exc:
         raise PipelineError(STAGE, f"MLflow refused the model: {exc.message}") from None
     return str(version.version)
+
+
+def keep_joblib(client: MlflowClient, run_id: str, joblib_path: Path) -> None:
+    """The notebook's own model file beside the run (after the deploy: no replica reads it)."""
+    log_artifact(client, run_id, joblib_path, "joblib")

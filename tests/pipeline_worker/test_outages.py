@@ -122,7 +122,11 @@ async def test_an_unreachable_mlflow_fails_the_pipeline_at_its_stage_within_the_
     worker = start_worker(
         "mlflow-away", MLFLOW_TRACKING_URI=address, MLOPS_MLFLOW_RETRY_BUDGET_S=str(budget_s)
     )
-    pipeline_id = push(platform, tmp_path, NO_SKLEARN, "mlflow-away")
+    # NOTE: the pipeline's MLflow run is created while the notebook runs, so the notebook
+    # exports a model (no estimator: it never reaches conversion) for MLflow's failure to be
+    # the one reported, at the stage it happened in.
+    exports = {**NO_SKLEARN, "mlops:export": "import joblib\njoblib.dump(rows, MODEL_OUTPUT_PATH)"}
+    pipeline_id = push(platform, tmp_path, exports, "mlflow-away")
     await enqueue(platform.redis_url, pipeline_id)
     try:
         pipeline = await wait_for_status(platform.sessions, pipeline_id, timeout_s=60)
