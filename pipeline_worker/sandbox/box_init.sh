@@ -75,13 +75,17 @@ mount -o remount,bind,ro /
 cd /pipeline
 unset OLDPWD
 
+# NOTE: --pdeathsig again: changing the user clears the parent-death signal unshare's
+# --kill-child gave this process (the box's PID 1), and without it a box whose worker was
+# killed outright would run on as nobody, holding that user's process limit (setpriv sets it
+# after the change).
 if [ "$DROP" = user ]; then
     # Root outside: become nobody, with no capabilities and no way to gain any.
     set -- "$SETPRIV" --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
-        --bounding-set=-all --no-new-privs -- "$@"
+        --bounding-set=-all --no-new-privs --pdeathsig=KILL -- "$@"
 else
     # An unprivileged user's namespace: stay its only mapped user, without capabilities.
-    set -- "$SETPRIV" --inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"
+    set -- "$SETPRIV" --inh-caps=-all --bounding-set=-all --no-new-privs --pdeathsig=KILL -- "$@"
 fi
 # shellcheck disable=SC2086 # RLIMITS is a list of prlimit options
 PATH=$BOX_PATH

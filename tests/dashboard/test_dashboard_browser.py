@@ -32,7 +32,7 @@ from benchmarks.processes import REPO_ROOT
 from mlops_core.db import Pipeline, make_engine, make_session_factory, session_scope
 from tests.end_to_end import notebooks
 from tests.end_to_end.stack import WEBHOOK_SECRET, Stack, stack_env, started_stack
-from tests.gateway.conftest import LocalRepo, git, make_local_repo, signed_post
+from tests.gateway.conftest import LocalRepo, make_local_repo, signed_post
 
 API_KEY = "dashboard-test-key"
 MODEL = "iris-classifier"
@@ -150,7 +150,9 @@ def test_a_pushed_notebook_live_to_succeeded_and_its_model(
 ):
     browser.get(f"{browser.current_url.split('#')[0]}#/pipelines")
     text_in(browser, "#pipeline-pager", "0 pipelines")
-    pipeline_id = push(api, repo, git("rev-parse", "HEAD", cwd=repo.work), added=[notebooks.PATH])
+    # NOTE: a notebook slower than the example, so the page is open while it still runs.
+    sha = repo.commit({notebooks.PATH: notebooks.slow(4, version="1.0.0")})
+    pipeline_id = push(api, repo, sha, modified=[notebooks.PATH])
     open_pipeline(browser, pipeline_id)
     # Live: notebook lines arrive on the page while the pipeline still runs.
     shown(browser, "#pipeline-log div[data-seq]", PIPELINE_TIMEOUT_S)

@@ -30,6 +30,17 @@ def retuned(c: float, version: str) -> str:
     return _edit(notebook, "mlops:config", 'VERSION = "1.0.0"', f'VERSION = "{version}"')
 
 
+def slow(seconds: float, version: str) -> str:
+    """The example notebook, taking `seconds` longer to train: time to watch or kill it while
+    it runs (a warm box serves the example in about a second)."""
+    return _edit(
+        retuned(c=1.0, version=version),
+        "mlops:training",
+        "C = 1.0",
+        f"import time\ntime.sleep({seconds})\nC = 1.0",
+    )
+
+
 def broken_training() -> str:
     """A user's bug: labels that do not match the rows, so scikit-learn raises in training."""
     return _edit(

@@ -117,17 +117,35 @@ def failures(outcomes: list[Outcome]) -> list[str]:
     return [o.error for o in outcomes if o.error]
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a box's PID 1 dies orphaned, and no one here reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def pids(stack: Stack, needle: str) -> list[int]:
     """Processes under the launcher whose command line holds `needle`."""
-    found = []
-    for pid in descendants(stack.process.pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append(pid)
-    return found
+    return [pid for pid in descendants(stack.process.pid) if needle in command_line(pid)]
+
+
+BOX_PROCESSES = ("pipeline_worker.boxed", "ipykernel")
+"""A worker's warm box and its kernel: they come and go with pipelines, not with faults."""
+
+
+def services(stack: Stack) -> list[int]:
+    """The platform's own Python processes (`python -m ...`), pipeline boxes left out."""
+    boxes = {p for needle in BOX_PROCESSES for p in pids(stack, needle)}
+    return [p for p in pids(stack, "-m ") if p not in boxes]
 
 
 def the_process(stack: Stack, needle: str) -> int:
@@ -200,16 +218,6 @@ def wait_for_stage(api: httpx.Client, pipeline_id: str, stage: str) -> None:
     )
 
 
-def slow_notebook(seconds: float, version: str) -> str:
-    """The example notebook, taking `seconds` longer to train (time to kill things)."""
-    return notebooks._edit(
-        notebooks.retuned(c=1.0, version=version),
-        "mlops:training",
-        "C = 1.0",
-        f"import time\ntime.sleep({seconds})\nC = 1.0",
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_each_process_killed_in_turn(
@@ -233,7 +241,7 @@ def test_each_process_killed_in_turn(
 
         def new_commit(seconds: float = 0.0) -> str:
             version = f"{next(version_counter)}.0.0"
-            text = slow_notebook(seconds, version) if seconds else notebooks.retuned(1.0, version)
+            text = notebooks.slow(seconds, version) if seconds else notebooks.retuned(1.0, version)
             return repo.commit({notebooks.PATH: text})
 
         load = Load(stack.gateway, stack.grpc_address).start()
@@ -241,7 +249,7 @@ def test_each_process_killed_in_turn(
             time.sleep(2)
             # --- a replica ------------------------------------------------------------------
             replica = the_process(stack, "--replica-id replica-0")
-            others = {p: _parent(p) for p in pids(stack, "-m ") if p != replica}
+            others = {p: command_line(p) for p in services(stack) if p != replica}
             began = time.monotonic()
             os.kill(replica, signal.SIGKILL)
             health = f"http://127.0.0.1:{int(env['MLOPS_HTTP_PORT'])}/ready"
@@ -256,7 +264,9 @@ def test_each_process_killed_in_turn(
             assert len(failures(seen["grpc"])) <= load.grpc_clients, failures(seen["grpc"])
             timings["replica_kill_grpc_failed"] = len(failures(seen["grpc"]))
             assert replica not in pids(stack, "--replica-id replica-0")
-            assert all(p in descendants(stack.process.pid) for p in others), "others restarted"
+            alive = descendants(stack.process.pid)
+            gone = [line for p, line in others.items() if p not in alive]
+            assert not gone, f"others restarted: {gone}"
 
             # --- the gateway ----------------------------------------------------------------
             gateway = the_process(stack, "-m gateway")
@@ -272,11 +282,15 @@ def test_each_process_killed_in_turn(
             killed_id = push(api, repo, new_commit(seconds=5))
             wait_for_stage(api, killed_id, "executing")
             time.sleep(2)
+            boxed = {p for needle in BOX_PROCESSES for p in pids(stack, needle)}
+            assert boxed, "the pipeline runs in a box"
             os.kill(the_process(stack, "-m pipeline_worker"), signal.SIGKILL)
             after_id = push(api, repo, new_commit())
+            # The killed worker's boxes (the running one, its kernel, the warm one) die with it.
+            wait_until(lambda: not any(running(p) for p in boxed), 3, "its boxes gone")
             for pipeline_id in (killed_id, after_id):
                 ended = wait_for_end(api, pipeline_id)
-                assert ended["status"] == "succeeded", ended
+                assert ended["status"] == "succeeded", (pipeline_id == killed_id, ended["error"])
 
             # --- Redis ----------------------------------------------------------------------
             active = model_entry(api)
