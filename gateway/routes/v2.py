@@ -47,6 +47,23 @@ UNAUTHORIZED = (401, "missing bearer token: send 'Authorization: Bearer <MLOPS_A
 NOT_FOUND = (404, "model 'iris-classifier' has no version '9' loaded; loaded versions: ['1']")
 UNAVAILABLE = (503, "the inference fleet cannot serve 'iris-classifier' now: ...")
 NOT_READY = (400, "model 'iris-classifier' version '2' is still loading")
+INFER_DOCS: dict[str, Any] = {
+    "response_model": InferResponseOut,
+    "responses": oip_error_responses(
+        (400, "input 'input' has shape [1, 3]; the model expects FP32 [N, 4]"),
+        UNAUTHORIZED,
+        NOT_FOUND,
+        (413, "request body exceeds 4194304 bytes (MLOPS_MAX_PREDICT_BYTES)"),
+        UNAVAILABLE,
+    ),
+    # NOTE: the body is read raw (JSON or binary tensors), so its schema is given by hand.
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}},
+        }
+    },
+}
 
 
 @health_router.get("/live", response_model=LiveOut)
@@ -117,23 +134,7 @@ async def version_ready(name: ModelName, version: Version, resources: ResourcesD
     return await _model_ready(resources, name, version)
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=InferResponseOut,
-    responses=oip_error_responses(
-        (400, "input 'input' has shape [1, 3]; the model expects FP32 [N, 4]"),
-        UNAUTHORIZED,
-        NOT_FOUND,
-        (413, "request body exceeds 4194304 bytes (MLOPS_MAX_PREDICT_BYTES)"),
-        UNAVAILABLE,
-    ),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}},
-        }
-    },
-)
+@router.post("/models/{name}/infer", **INFER_DOCS)
 async def infer(name: ModelName, request: Request, resources: ResourcesDep) -> Response:
     """Infer with the model's active version (or, during a canary, the candidate for the
     step's share; `X-Routing-Key` keeps one caller on one side). JSON tensors, or Triton's
@@ -141,23 +142,7 @@ async def infer(name: ModelName, request: Request, resources: ResourcesDep) -> R
     return await _infer(request, resources, name, "")
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferResponseOut,
-    responses=oip_error_responses(
-        (400, "input 'input' has shape [1, 3]; the model expects FP32 [N, 4]"),
-        UNAUTHORIZED,
-        NOT_FOUND,
-        (413, "request body exceeds 4194304 bytes (MLOPS_MAX_PREDICT_BYTES)"),
-        UNAVAILABLE,
-    ),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}},
-        }
-    },
-)
+@router.post("/models/{name}/versions/{version}/infer", **INFER_DOCS)
 async def infer_version(
     name: ModelName, version: Version, request: Request, resources: ResourcesDep
 ) -> Response:
