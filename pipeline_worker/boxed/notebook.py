@@ -44,7 +44,22 @@ def _error(exc: BaseException) -> dict[str, Any]:
 MAX_EVENT_TEXT = 16 * 1024
 
 
+_cells_started = False
+"""Whether the notebook's first cell has started: until then no code of the notebook ran."""
+
+KERNEL_START_ATTEMPTS = 2
+"""A kernel that dies before it answers ran no code of the notebook, so another is started:
+on a loaded machine a kernel sometimes dies at start (its cause not yet found), and that is
+the platform's failure, never the notebook's."""
+
+
+def _died_at_start(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and "Kernel died before replying" in str(exc)
+
+
 def _report_cell(event: dict[str, Any]) -> None:
+    global _cells_started
+    _cells_started = True
     fields = {k: v for k, v in event.items() if k not in ("kind", "text")}
     if event["kind"] != "output":
         emit("cell", phase=event["kind"], **fields)
@@ -82,7 +97,21 @@ def preload() -> None:
 
 
 def start_kernel(kernel_name: str, start_timeout_s: float, cwd: str) -> Any | None:
-    """A started, warmed kernel's manager; None (with an `error` event) when it did not start."""
+    """A started, warmed kernel's manager; None (with an `error` event) when it did not start
+    (a kernel that died at start is replaced once)."""
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        try:
+            return _start_kernel(kernel_name, start_timeout_s, cwd)
+        except Exception as exc:
+            if attempt < KERNEL_START_ATTEMPTS and _died_at_start(exc):
+                print(f"the kernel died at start ({exc}); starting another", flush=True)
+                continue
+            emit("error", stage="executing", **_error(exc))
+            return None
+    return None
+
+
+def _start_kernel(kernel_name: str, start_timeout_s: float, cwd: str) -> Any:
     from jupyter_client.blocking import BlockingKernelClient
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
@@ -90,24 +119,20 @@ def start_kernel(kernel_name: str, start_timeout_s: float, cwd: str) -> Any | No
     # NOTE: nbclient drives kernels with the async manager and client on jupyter_core's loop;
     # the kernel is started on that same loop so papermill can take it over as it is.
     manager = AsyncKernelManager(kernel_name=kernel_name)
+    run_sync(manager.start_kernel)(env=dict(os.environ), cwd=cwd)
+    client = BlockingKernelClient()
+    client.load_connection_info(manager.get_connection_info())
+    client.start_channels()
     try:
-        run_sync(manager.start_kernel)(env=dict(os.environ), cwd=cwd)
-        client = BlockingKernelClient()
-        client.load_connection_info(manager.get_connection_info())
-        client.start_channels()
-        try:
-            client.wait_for_ready(timeout=start_timeout_s)
-            # NOTE: a failing or slow warm-up import is the notebook's business: it fails there
-            # if it needs the library, or its first cell waits for the import to finish.
-            with contextlib.suppress(TimeoutError):
-                client.execute_interactive(
-                    WARM_UP, silent=True, timeout=start_timeout_s, output_hook=_drop
-                )
-        finally:
-            client.stop_channels()
-    except Exception as exc:
-        emit("error", stage="executing", **_error(exc))
-        return None
+        client.wait_for_ready(timeout=start_timeout_s)
+        # NOTE: a failing or slow warm-up import is the notebook's business: it fails there
+        # if it needs the library, or its first cell waits for the import to finish.
+        with contextlib.suppress(TimeoutError):
+            client.execute_interactive(
+                WARM_UP, silent=True, timeout=start_timeout_s, output_hook=_drop
+            )
+    finally:
+        client.stop_channels()
     return manager
 
 
@@ -144,28 +169,45 @@ def enter_directory(manager: Any, directory: str, timeout_s: float) -> None:
 def run_notebook(spec: dict[str, Any], kernel: Any) -> bool:
     """Run the notebook in the started `kernel`; False (with an `error` event) when it did not
     run to its end."""
+
+    notebook = Path(spec["notebook"])
+    try:
+        _run_notebook(spec, kernel, notebook)
+    except Exception as exc:
+        if not (_died_at_start(exc) and not _cells_started):
+            emit("error", stage="executing", **_error(exc))
+            return False
+        print(f"the kernel died before the notebook's first cell ({exc}); again", flush=True)
+        kernel = start_kernel(
+            spec["kernel_name"], float(spec["start_timeout_s"]), str(notebook.parent)
+        )
+        if kernel is None:
+            return False
+        try:
+            _run_notebook(spec, kernel, notebook)
+        except Exception as exc:
+            emit("error", stage="executing", **_error(exc))
+            return False
+    return True
+
+
+def _run_notebook(spec: dict[str, Any], kernel: Any, notebook: Path) -> None:
     import papermill
 
     from pipeline_worker.notebook_engine import ENGINE_NAME
 
-    notebook = Path(spec["notebook"])
-    try:
-        enter_directory(kernel, str(notebook.parent), float(spec["start_timeout_s"]))
-        papermill.execute_notebook(
-            str(notebook),
-            spec["executed"],
-            parameters=spec["parameters"],
-            engine_name=ENGINE_NAME,
-            kernel_name=spec["kernel_name"],
-            language="python",
-            progress_bar=False,
-            log_output=False,
-            start_timeout=int(spec["start_timeout_s"]),
-            execution_timeout=int(spec["execution_timeout_s"]),
-            sink=_report_cell,
-            kernel_manager=kernel,
-        )
-    except Exception as exc:
-        emit("error", stage="executing", **_error(exc))
-        return False
-    return True
+    enter_directory(kernel, str(notebook.parent), float(spec["start_timeout_s"]))
+    papermill.execute_notebook(
+        str(notebook),
+        spec["executed"],
+        parameters=spec["parameters"],
+        engine_name=ENGINE_NAME,
+        kernel_name=spec["kernel_name"],
+        language="python",
+        progress_bar=False,
+        log_output=False,
+        start_timeout=int(spec["start_timeout_s"]),
+        execution_timeout=int(spec["execution_timeout_s"]),
+        sink=_report_cell,
+        kernel_manager=kernel,
+    )

@@ -62,7 +62,10 @@ def follow_to_success(stack: Stack, api: httpx.Client, pipeline_id: str, sha: st
         for e, t in zip(watch.entries, watch.arrivals, strict=True)
         if "[executing]" in e.get("line", "")
     ]
-    assert executing and watch.arrivals[-1] - executing[0] > 1.0, watch.lines
+    # NOTE: a replay delivers every line within milliseconds; from the notebook's first line
+    # to the end, a warm box's pipeline still takes over half a second (convert, verify,
+    # register, deploy, record).
+    assert executing and watch.arrivals[-1] - executing[0] > 0.2, watch.lines
     assert any("accuracy:" in line for line in watch.lines), watch.lines
     assert pipeline["status"] == "succeeded" and pipeline["commit_sha"] == sha
     assert pipeline["model_name"] == MODEL

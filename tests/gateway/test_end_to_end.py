@@ -137,8 +137,9 @@ async def test_signed_push_runs_a_pipeline_watched_live_over_websocket(
     assert entries[-1]["end"] == "succeeded", entries[-10:]
     lines = [e["line"] for e in entries if "line" in e]
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
-    # Lines arrived as they happened, not in one burst at the end.
-    assert received[-1][0] - received[0][0] > 1.0
+    # Lines arrived as they happened, not in one burst at the end: a replay delivers them all
+    # within milliseconds, while even a warm box's pipeline takes most of a second.
+    assert received[-1][0] - received[0][0] > 0.2
     assert any("trained" in line for line in lines), lines
 
     # NOTE: both features separate the training rows, so the rows predicted below sit on the
