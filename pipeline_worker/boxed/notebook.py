@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,12 @@ def _start_kernel(kernel_name: str, start_timeout_s: float, cwd: str) -> Any:
     run_sync(manager.start_kernel)(env=dict(os.environ), cwd=cwd)
     client = BlockingKernelClient()
     client.load_connection_info(manager.get_connection_info())
-    client.start_channels()
+    # NOTE: no heartbeat channel: a client without its manager judges "alive" by heartbeats,
+    # and before a kernel's first beat, or on a loaded machine, that says a booting kernel
+    # died. Whether its process lives is asked of the manager instead.
+    client.start_channels(hb=False)
     try:
-        client.wait_for_ready(timeout=start_timeout_s)
+        _wait_until_ready(client, manager, start_timeout_s)
         # NOTE: a failing or slow warm-up import is the notebook's business: it fails there
         # if it needs the library, or its first cell waits for the import to finish.
         with contextlib.suppress(TimeoutError):
@@ -134,6 +138,25 @@ def _start_kernel(kernel_name: str, start_timeout_s: float, cwd: str) -> Any:
     finally:
         client.stop_channels()
     return manager
+
+
+READY_POLL_S = 1.0
+
+
+def _wait_until_ready(client: Any, manager: Any, timeout_s: float) -> None:
+    """Until the kernel answers kernel_info; RuntimeError when its process ended first, or
+    when `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            client.wait_for_ready(timeout=max(0.1, min(READY_POLL_S, left)))
+            return
+        except RuntimeError:
+            if not kernel_alive(manager):
+                raise RuntimeError("Kernel died before replying to kernel_info") from None
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout_s:.0f} seconds") from None
 
 
 def kernel_alive(manager: Any) -> bool:
@@ -154,7 +177,7 @@ def enter_directory(manager: Any, directory: str, timeout_s: float) -> None:
 
     client = BlockingKernelClient()
     client.load_connection_info(manager.get_connection_info())
-    client.start_channels()
+    client.start_channels(hb=False)  # NOTE: see _start_kernel
     try:
         client.execute_interactive(
             f"import os as _os; _os.chdir({directory!r}); del _os",

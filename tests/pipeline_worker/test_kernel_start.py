@@ -65,3 +65,31 @@ def test_a_kernel_that_never_starts_is_an_error_event(
     out = capsys.readouterr().out
     assert out.count("the kernel died at start") == 1, "one more try, not more"
     assert '"kind": "error"' in out and "Kernel died before replying" in out
+
+
+SLOW_LAUNCHER = """
+import os, sys, time
+time.sleep(2.5)  # a kernel booting on a loaded machine: no heartbeat yet
+os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *sys.argv[1:]])
+"""
+
+
+def test_a_kernel_slow_to_boot_is_waited_for_not_called_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    launcher = tmp_path / "slow.py"
+    launcher.write_text(SLOW_LAUNCHER)
+    spec_dir = tmp_path / "jupyter" / "kernels" / "slow"
+    spec_dir.mkdir(parents=True)
+    argv = [sys.executable, str(launcher), "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "slow"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    manager = notebook.start_kernel("slow", 30.0, str(tmp_path))
+    out = capsys.readouterr().out
+    assert manager is not None, out
+    try:
+        assert "died" not in out, out
+    finally:
+        from jupyter_core.utils import run_sync
+
+        run_sync(manager.shutdown_kernel)(now=True)
