@@ -249,7 +249,8 @@ def test_a_rollouts_steps_and_promote_from_the_page(
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
 
-    browser.find_element(By.CSS_SELECTOR, f"{card} button.promote").click()
+    # NOTE: the card is drawn again as live figures arrive: wait for the button, not find it.
+    shown(browser, f"{card} button.promote").click()
     wait(browser).until(ec.alert_is_present()).accept()
     text_in(browser, f"{card} .active-version", "3", timeout_s=60)
     wait(browser).until(lambda b: not b.find_elements(By.CSS_SELECTOR, f"{card} .model-rollout *"))
