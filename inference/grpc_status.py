@@ -10,8 +10,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, NoReturn, TypeVar
 
-import grpc
-
+from inference.grpc_server import CallContext
 from mlops_core.errors import RETRY_AFTER_METADATA, InternalError, MlopsError
 
 log = logging.getLogger(__name__)
@@ -31,20 +30,19 @@ def as_mlops_error(exc: Exception, method: str) -> MlopsError:
     )
 
 
-def abort(context: grpc.ServicerContext, error: MlopsError) -> NoReturn:
+def abort(context: CallContext, error: MlopsError) -> NoReturn:
     """End the call with the error's gRPC code and message, and its retry hint if it has one
     (trailing metadata `retry-after-ms`)."""
     if error.retry_after_ms is not None:
         context.set_trailing_metadata(((RETRY_AFTER_METADATA, str(error.retry_after_ms)),))
     context.abort(error.grpc_code, error.message)
-    raise AssertionError("unreachable: ServicerContext.abort raises")
 
 
 def answers_errors(handler: Callable[..., Response]) -> Callable[..., Response]:
     """A servicer method whose every exception ends the call through `abort`."""
 
     @wraps(handler)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Response:
+    def wrapper(self: Any, request: Any, context: CallContext) -> Response:
         try:
             return handler(self, request, context)
         except Exception as exc:

@@ -7,16 +7,16 @@ import json
 import logging
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from inference.api_key import ApiKeyInterceptor
+from inference.api_key import OPEN_METHODS, REFUSAL, ApiKeyCheck
+from inference.grpc_server import CallContext, CoreServer, UnaryMethod, unary_methods
 from inference.memory import rss_bytes
 from inference.metrics import ReplicaMetrics
 from inference.reconcile import FleetReconciler
@@ -31,13 +31,14 @@ from inference.sources import (
 )
 from inference.status_http import StatusHttpServer
 from mlops_core import gc_tuning
-from mlops_core.errors import MlopsError, ModelNotResident
+from mlops_core.errors import MlopsError, ModelNotResident, Unauthorized
 from mlops_core.fleet_state import DesiredModel
-from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
+from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 @dataclass
@@ -109,7 +110,7 @@ class Replica:
         self.health = health.HealthServicer()
         self.reconciler: FleetReconciler | None = None
         self.redis: Redis | None = None
-        self.grpc_server: grpc.Server | None = None
+        self.grpc_server: CoreServer | None = None
         self.http_server: StatusHttpServer | None = None
 
     def _source(self) -> ModelSource:
@@ -123,28 +124,29 @@ class Replica:
     async def start(self) -> None:
         limit = self.settings.max_message_bytes
         key = self.settings.api_key
-        # NOTE: the synchronous server, not grpc.aio: each request is handled start to end on
-        # one of its threads, where grpc.aio crosses from its poller thread to the event loop
-        # several times per call, and each crossing is a thread wake-up. It lowered both the
-        # lone client's latency and the throughput ceiling; the A/B figures are in
-        # benchmarks/README.md ("What changed, and what each change bought").
-        self.grpc_server = grpc.server(
-            ThreadPoolExecutor(self.settings.grpc_threads, thread_name_prefix="grpc"),
+        service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+        servicer = InferenceServicer(self.repository, lambda: self.ready)
+        methods = {
+            **unary_methods(service, pb, servicer, OPEN_METHODS),
+            HEALTH_CHECK: UnaryMethod(
+                health_pb2.HealthCheckRequest.FromString, self._health_check, open=True
+            ),
+        }
+        self.grpc_server = CoreServer(
+            methods,
+            threads=self.settings.grpc_threads,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1),
                 *connection_age_options(self.settings),
             ],
-            # NOTE: no interceptor at all without a key: the hot path stays as it was.
-            interceptors=[ApiKeyInterceptor(key)] if key else [],
+            # NOTE: no check at all without a key: the hot path stays as it was.
+            authorized=ApiKeyCheck(key) if key else None,
+            refusal=(Unauthorized.grpc_code, REFUSAL),
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.repository, lambda: self.ready), self.grpc_server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service_name in ("", SERVICE_NAME):
+            self.health.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         host = self.settings.grpc_host
         private_host = self.options.private_host or host
         self.grpc_server.add_insecure_port(f"{host}:{self.options.grpc_port}")
@@ -171,6 +173,12 @@ class Replica:
         else:
             await load_standalone(self.repository, self.options.model_repository)
         await self._mark_ready()
+
+    def _health_check(
+        self, request: health_pb2.HealthCheckRequest, context: CallContext
+    ) -> health_pb2.HealthCheckResponse:
+        # NOTE: grpc_health's Check uses only set_code of its context, which CallContext has.
+        return self.health.Check(request, cast(Any, context))
 
     async def _start_fleet_mode(self, redis_url: str) -> None:
         self.redis = Redis.from_url(redis_url)

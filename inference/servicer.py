@@ -1,57 +1,63 @@
 """The Open Inference Protocol v2 gRPC servicer: wire in, repository call, wire out.
 
-It runs on the synchronous grpcio server's threads: a request is decoded, run (batched with
-concurrent ones) and encoded on the thread that received it, with no hop to an event loop.
+It runs on the gRPC server's threads (`inference.grpc_server`): a request is decoded, run
+(batched with concurrent ones) and encoded on the thread that received it, with no hop to an
+event loop or another thread.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
-
-import grpc
 
 from inference import tensors
+from inference.grpc_server import CallContext
 from inference.grpc_status import abort, answers_errors, as_mlops_error
 from inference.repository import LoadedVersion, ModelRepository, NotResident
 from mlops_core.fleet_state import ROUTING_KEY_METADATA
 from mlops_core.protocol import open_inference_pb2 as pb
-from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
 
 SERVER_NAME = "mlops-inference"
 SERVER_VERSION = "0.1.0"
 PLATFORM = "onnxruntime_onnx"
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
+    """The GRPCInferenceService's methods, by name (`grpc_server.unary_methods`)."""
+
     def __init__(self, repository: ModelRepository, is_ready: Callable[[], bool]) -> None:
         self.repository = repository
         self._is_ready = is_ready
 
     @answers_errors
-    def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    def ServerLive(
+        self, request: pb.ServerLiveRequest, context: CallContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @answers_errors
-    def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+    def ServerReady(
+        self, request: pb.ServerReadyRequest, context: CallContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._is_ready())
 
     @answers_errors
-    def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+    def ModelReady(
+        self, request: pb.ModelReadyRequest, context: CallContext
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(
             ready=self.repository.is_ready(request.name, request.version or None)
         )
 
     @answers_errors
     def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: Any
+        self, request: pb.ServerMetadataRequest, context: CallContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
     @answers_errors
     def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: Any
+        self, request: pb.ModelMetadataRequest, context: CallContext
     ) -> pb.ModelMetadataResponse:
         name, version = request.name, request.version or None
         try:
@@ -78,7 +84,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+        self, request: pb.ModelInferRequest, context: CallContext
     ) -> pb.ModelInferResponse:
         # NOTE: not wrapped in answers_errors, which would add a call to the hot path; the
         # except below answers through the same `abort`, and counts the failure first.
@@ -125,7 +131,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-def routing_key(context: grpc.ServicerContext) -> str | None:
+def routing_key(context: CallContext) -> str | None:
     for key, value in context.invocation_metadata():
         if key == ROUTING_KEY_METADATA:
             return value if isinstance(value, str) else None

@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     0 batches every batchable model."""
     grpc_threads: int = Field(16, ge=1, validation_alias=_env("MLOPS_GRPC_THREADS"))
     """A replica's gRPC server threads: the requests it decodes, runs and encodes at once
-    (more wait in grpcio's queue). Concurrent requests of one model share onnxruntime calls."""
+    (more wait in grpc core's queue). Concurrent requests of one model share onnxruntime
+    calls."""
     cpus: str = Field("", validation_alias=_env("MLOPS_CPUS"))
     """CPUs a replica runs on, as `taskset` writes them ("0", "0-3", "1,3"); empty: any.
     One CPU per replica, each its own, is fastest with several replicas on a small machine:

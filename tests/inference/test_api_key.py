@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import iris_models
 from benchmarks.processes import REPO_ROOT
-from inference.api_key import OPEN_METHODS, ApiKeyInterceptor
+from inference.api_key import OPEN_METHODS, ApiKeyCheck
 from mlops_core.oip import infer_request
 from mlops_core.protocol import open_inference_pb2 as pb
 from mlops_core.protocol import open_inference_pb2_grpc as pb_grpc
@@ -135,4 +135,4 @@ def test_open_methods_are_exactly_the_health_ones():
 @pytest.mark.parametrize("key", ["", "clé", "line\nbreak"])
 def test_a_key_that_cannot_travel_in_metadata_is_refused_at_start(key):
     with pytest.raises(ValueError, match="printable ASCII"):
-        ApiKeyInterceptor(key)
+        ApiKeyCheck(key)
