@@ -214,8 +214,7 @@ class CoreServer:
                     elif tag is _NEW_CALL:
                         self._arrived(event)
                     elif tag is _SHUTDOWN:
-                        self._shutdown_notified = True
-                        self._call_over(counted=False)
+                        self._call_over(counted=False, shutdown_reported=True)
                 except Exception:
                     log.exception("gRPC server: a call could not be handled")
         finally:
@@ -224,7 +223,7 @@ class CoreServer:
                 if self._running == 0:
                     self.stopped.set()
 
-    def _call_over(self, counted: bool = True) -> None:
+    def _call_over(self, counted: bool = True, shutdown_reported: bool = False) -> None:
         """One call fewer; after `stop`, the last one down releases the server.
 
         NOTE: grpc core reports the shutdown done once no call has a batch pending, which a
@@ -234,6 +233,8 @@ class CoreServer:
         with self._lock:
             if counted:
                 self._calls -= 1
+            if shutdown_reported:
+                self._shutdown_notified = True
             if not self._shutdown_notified or self._calls or self._stage == "stopped":
                 return
             self._stage = "stopped"
@@ -248,7 +249,8 @@ class CoreServer:
             if self._stage == "serving":
                 self._server.request_call(self._queue, self._queue, _NEW_CALL)
         call = event.call
-        path = event.call_details.method.decode()
+        # NOTE: the path is the client's bytes: anything that is not UTF-8 is no method of ours.
+        path = event.call_details.method.decode(errors="replace")
         method = self._methods.get(path)
         if method is None:
             _end(call, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
