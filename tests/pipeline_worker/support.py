@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
@@ -146,3 +147,20 @@ NO_SKLEARN = {
     "mlops:training": "model = None",
     "mlops:export": "print('not saving anything')",
 }
+
+
+async def run_contract_notebook(
+    sessions: sessionmaker[Session],
+    redis_url: str,
+    tmp_path: Path,
+    cells: dict[str, str],
+    model_name: str,
+    token: str | None = None,
+) -> Pipeline:
+    """Push a contract notebook with `cells` to a new local repository, queue its pipeline
+    (with `token`, sealed, as the repository's access token) and wait for it to end."""
+    origin = tmp_path / f"origin-{uuid.uuid4().hex[:8]}"
+    sha = git_repo(origin, {"train.ipynb": contract_notebook(cells, model_name=model_name)})
+    pipeline_id = create_pipeline(sessions, origin.as_uri(), sha, token=token)
+    await enqueue(redis_url, pipeline_id)
+    return await wait_for_status(sessions, pipeline_id, timeout_s=180)

@@ -70,11 +70,6 @@ async def test_example_notebook_runs_through_every_stage(
     assert pipeline.notebook_version == "1.0.0", "the exact commit ran, not the branch head"
     # The wait in the queue, every stage, and the MLflow record kept after the deploy.
     assert list(pipeline.stage_timings) == ["queued", *[s.value for s in STAGES], "recording"]
-    # Kept for the record: the time of each stage on this machine.
-    # Kept for the benchmark report (benchmarks/scenarios.py reads it); not committed.
-    (Path(__file__).parent / "last_stage_timings.json").write_text(
-        json.dumps(pipeline.stage_timings)
-    )
     log = pipeline.log or ""
     for stage in STAGES:
         assert f"[{stage.value}] started" in log

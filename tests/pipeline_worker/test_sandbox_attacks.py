@@ -16,14 +16,7 @@ from mlops_core import logstream
 from mlops_core.db import Pipeline
 from mlops_core.token_vault import KEY_FILE, TokenVault, read_or_create_key
 from tests.pipeline_worker.conftest import REPO_TOKEN, SECRETS, Platform
-from tests.pipeline_worker.support import (
-    TINY_MODEL,
-    contract_notebook,
-    create_pipeline,
-    enqueue,
-    git_repo,
-    wait_for_status,
-)
+from tests.pipeline_worker.support import TINY_MODEL, run_contract_notebook
 
 SECRET_VALUES = [*SECRETS.values(), REPO_TOKEN]
 
@@ -36,15 +29,16 @@ def worker(start_worker, fleet):
 async def run_notebook(
     platform: Platform, tmp_path: Path, cells: dict[str, str], model_name: str
 ) -> Pipeline:
-    origin = tmp_path / f"origin-{uuid.uuid4().hex[:8]}"
-    sha = git_repo(origin, {"train.ipynb": contract_notebook(cells, model_name=model_name)})
     # The token sealed as the gateway stores it (with the data directory's key).
     vault = TokenVault(read_or_create_key(platform.data_dir / KEY_FILE), "test")
-    pipeline_id = create_pipeline(
-        platform.sessions, origin.as_uri(), sha, token=vault.seal(REPO_TOKEN)
+    return await run_contract_notebook(
+        platform.sessions,
+        platform.redis_url,
+        tmp_path,
+        cells,
+        model_name,
+        token=vault.seal(REPO_TOKEN),
     )
-    await enqueue(platform.redis_url, pipeline_id)
-    return await wait_for_status(platform.sessions, pipeline_id, timeout_s=180)
 
 
 def findings(pipeline: Pipeline) -> dict[str, object]:

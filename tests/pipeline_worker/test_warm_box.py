@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,7 @@ from pipeline_worker.sandbox.unboxed import Unboxed
 from pipeline_worker.warm_box import BoxSupply
 from tests.deploy.proctree import descendants
 from tests.pipeline_worker.conftest import Platform
-from tests.pipeline_worker.support import (
-    TINY_MODEL,
-    contract_notebook,
-    create_pipeline,
-    enqueue,
-    git_repo,
-    wait_for_status,
-)
+from tests.pipeline_worker.support import TINY_MODEL, run_contract_notebook
 
 BOX_LINE = re.compile(r"sandbox (box-[0-9a-f]+): (warm, started [\d.]+s ago|starting now)")
 
@@ -42,11 +34,9 @@ def worker(start_worker, fleet):
 async def run_notebook(
     platform: Platform, tmp_path: Path, cells: dict[str, str], model_name: str
 ) -> Pipeline:
-    origin = tmp_path / f"origin-{uuid.uuid4().hex[:8]}"
-    sha = git_repo(origin, {"train.ipynb": contract_notebook(cells, model_name=model_name)})
-    pipeline_id = create_pipeline(platform.sessions, origin.as_uri(), sha)
-    await enqueue(platform.redis_url, pipeline_id)
-    return await wait_for_status(platform.sessions, pipeline_id, timeout_s=180)
+    return await run_contract_notebook(
+        platform.sessions, platform.redis_url, tmp_path, cells, model_name
+    )
 
 
 def box_of(pipeline: Pipeline) -> tuple[str, bool]:
