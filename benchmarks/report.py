@@ -422,7 +422,6 @@ def render_markdown(results: Results, plot_file: str | None = PLOT_FILE) -> str:
     )
     out += _swap_section(results.get("swap"))
     out += many_models.section(results.get("models"))
-    out += _pipeline_section(results.get("pipeline"))
     out += push_to_served.section(results.get("push"))
     if ceilings:
         out += ["", "## In-process onnxruntime (back-to-back calls)", ""]
@@ -501,32 +500,6 @@ def _swap_section(swap: dict | None) -> list[str]:
         f"{swap['swaps']} rollouts (`set_desired` then `wait_for_rollout`, each a version not "
         f"loaded before): median {rollout['median']:.2f} s, slowest {rollout['max']:.2f} s.",
     ]
-    return out
-
-
-def _pipeline_section(pipeline: dict | None) -> list[str]:
-    if not pipeline:
-        return []
-    out = ["", "## Pipeline: push to served", ""]
-    if "missing" in pipeline:
-        return [*out, f"Not measured: `{pipeline['source']}` is missing ({pipeline['missing']})."]
-    out += [
-        f"Not measured in this run: read from `{pipeline['source']}`, written by the pipeline "
-        f"worker's end-to-end test on {pipeline['measured_at']} (example notebook, real MLflow, "
-        f"kernel and fleet replica). From dequeue to served: **{pipeline['total_s']:.1f} s**.",
-        "",
-    ]
-    stages = pipeline["stages_s"]
-    out += _table(list(stages), [[f"{v:.2f} s" for v in stages.values()]])
-    served = pipeline.get("push_to_served_s")
-    if served:
-        out += [
-            "",
-            f"Through the whole stack that `make run` starts (`{served['source']}`, the "
-            "end-to-end test: webhook sent to the first REST answer naming the new version): "
-            f"first push **{served['first_push']:.1f} s**, second push "
-            f"**{served['second_push']:.1f} s**.",
-        ]
     return out
 
 

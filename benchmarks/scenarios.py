@@ -58,8 +58,6 @@ OIP_REST_LOAD = Load("oip-rest-lr-c64", "rest", "iris-lr", rows=1, concurrency=6
 OIP_ROUNDS = 3
 """Alternating rounds of the gateway's predict and OIP cells that the OIP goal compares."""
 """The same row through the gateway's Open Inference Protocol REST route (`/v2/.../infer`)."""
-PIPELINE_TIMINGS = REPO_ROOT / "tests" / "pipeline_worker" / "last_stage_timings.json"
-END_TO_END_TIMINGS = REPO_ROOT / "tests" / "end_to_end" / "last_timings.json"
 SWAP_MODEL = "iris-lr"
 
 
@@ -148,7 +146,6 @@ def run(plan: Plan, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
     if "push" not in plan.skip:
         print("ten pushes through the whole platform (push to served):", flush=True)
         results["push"] = push_to_served.measure(10, workdir / "push")
-    results["pipeline"] = pipeline_figure()
     results["meta"]["loadavg_end"] = os.getloadavg()
     return results
 
@@ -392,36 +389,6 @@ def ceilings(repo: Path, replicas: int) -> dict[str, dict[str, Any]]:
             flush=True,
         )
     return figures
-
-
-def pipeline_figure() -> dict[str, Any]:
-    """Push-to-served time, as last measured by the pipeline worker's end-to-end test.
-
-    NOTE: not measured here: running it needs an MLflow server, a worker and a notebook
-    kernel (about a minute of both cores), which would disturb the other cells."""
-    if not PIPELINE_TIMINGS.exists():
-        return {
-            "source": str(PIPELINE_TIMINGS.relative_to(REPO_ROOT)),
-            "missing": "run `.venv/bin/python -m pytest tests/pipeline_worker/test_pipeline.py`",
-        }
-    stages = json.loads(PIPELINE_TIMINGS.read_text())
-    figure: dict[str, Any] = {
-        "source": str(PIPELINE_TIMINGS.relative_to(REPO_ROOT)),
-        "measured_at": time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime(PIPELINE_TIMINGS.stat().st_mtime)
-        ),
-        "stages_s": stages,
-        "total_s": round(sum(stages.values()), 2),
-    }
-    if END_TO_END_TIMINGS.exists():
-        # The whole stack's figure: webhook sent to the first REST answer naming the version.
-        e2e = json.loads(END_TO_END_TIMINGS.read_text())
-        figure["push_to_served_s"] = {
-            "first_push": round(e2e.get("push_to_served_first_s", float("nan")), 2),
-            "second_push": round(e2e.get("push_to_served_second_s", float("nan")), 2),
-            "source": str(END_TO_END_TIMINGS.relative_to(REPO_ROOT)),
-        }
-    return figure
 
 
 def machine(tools: dict[str, str], mlserver: Path | None, plan: Plan) -> dict[str, Any]:

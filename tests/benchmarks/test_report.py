@@ -78,7 +78,6 @@ def test_markdown_has_the_goals_and_a_table_per_scenario(results):
         "## gRPC, iris RF",
         "## REST predict, single-row iris LR, c=64 (wrk)",
         "## Version swaps under load",
-        "## Pipeline: push to served",
         "## In-process onnxruntime",
         "## Profile: one replica",
         "## Every cell",
@@ -91,7 +90,6 @@ def test_markdown_has_the_goals_and_a_table_per_scenario(results):
     assert "| ours, 2 replicas | 2,400 | 0.37 |" in text
     assert "| our gateway (REST) → fleet | 2,000 | 30.0 | 60.0 | 3 |" in text
     assert "redis 0.01, replicas 0.60, gateway 1.00" in text, "CPU of each process, in cores"
-    assert "From dequeue to served: **6.7 s**" in text
     assert "![latency vs throughput](latency_vs_throughput.png)" in text
 
 
