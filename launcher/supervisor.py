@@ -152,10 +152,29 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_orphans(pids: Iterable[int], console: Console) -> None:
+def session_groups(session: int) -> set[int]:
+    """The process groups of every process still in `session`."""
+    groups = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # After the command, in parentheses: state, ppid, pgrp, session.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) == session:
+            groups.add(int(fields[2]))
+    return groups
+
+
+def stop_orphans(pids: Iterable[int], session: int, console: Console) -> None:
     """supervisord died without stopping its programs: stop their process groups (each
-    program leads its own) as it would have, SIGTERM then SIGKILL after the same grace."""
-    groups = [pid for pid in pids if _group_alive(pid)]
+    program leads its own) as it would have, SIGTERM then SIGKILL after the same grace.
+
+    NOTE: `pids` is the watch thread's last view of the programs, which was once seen
+    empty with a program running (the suite, under load; cause not found). supervisord led
+    its own session, which its programs stay in, so the session finds them whatever that
+    view held."""
+    groups = [g for g in {*pids, *session_groups(session)} if _group_alive(g)]
     if not groups:
         return
     console.say(SELF, f"stopping the {len(groups)} programs supervisord left running")
@@ -239,7 +258,7 @@ def supervise(
         return 0
     status = f"status {returncode}" if returncode >= 0 else signal.Signals(-returncode).name
     console.say(SELF, f"supervisord exited on its own ({status})")
-    stop_orphans(outcome.pids.values(), console)
+    stop_orphans(outcome.pids.values(), supervisord.pid, console)
     if returncode < 0:
         return 128 - returncode  # the shell's convention for "killed by signal N"
     return returncode or 1

@@ -3,6 +3,7 @@ crash loop ends FATAL and is reported, output keeps its prefixes, nothing is lef
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.processes import port_open
+from launcher import supervisor
 from launcher.output import SUPERVISORD_DATE, Console, FollowedLog
 from tests.deploy.platform import Platform, platform_env
 from tests.deploy.proctree import descendants, find, survivors
@@ -225,3 +227,35 @@ def test_a_launcher_killed_outright_takes_its_programs_with_it(tmp_path: Path) -
         assert_all_gone(platform, tree, [platform.port("MLOPS_REDIS_PORT")])
     finally:
         platform.process.stop()
+
+
+def test_programs_of_a_dead_supervisord_are_found_by_its_session_without_their_pids() -> None:
+    # A stand-in for supervisord: a session leader whose child leads its own process group,
+    # as supervisord's programs do. The leader is killed; the child is found and stopped
+    # with no pid given, from the session alone.
+    leader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "child = subprocess.Popen(['sleep', '60'], process_group=0)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert leader.stdout is not None
+    child = int(leader.stdout.readline())
+    try:
+        assert supervisor.session_groups(leader.pid) == {leader.pid, child}
+        leader.kill()
+        leader.wait(timeout=10)
+        out = io.StringIO()
+        supervisor.stop_orphans([], leader.pid, Console(["run"], out))
+        assert "stopping the 1 programs supervisord left running" in out.getvalue()
+        assert supervisor.session_groups(leader.pid) == set()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
