@@ -145,7 +145,6 @@ class CoreServer:
         self._server.register_completion_queue(self._queue)
         self._lock = threading.Lock()
         self._stage = "new"
-        self._pollers: list[threading.Thread] = []
         self._running = 0
         self._calls = 0
         """Calls between their arrival and their last batch's completion."""
@@ -171,9 +170,7 @@ class CoreServer:
                 self._server.request_call(self._queue, self._queue, _NEW_CALL)
             self._running = self._threads
             for i in range(self._threads):
-                thread = threading.Thread(target=self._poll, name=f"grpc-{i}", daemon=True)
-                self._pollers.append(thread)
-                thread.start()
+                threading.Thread(target=self._poll, name=f"grpc-{i}", daemon=True).start()
 
     def stop(self, grace_s: float) -> threading.Event:
         """Take no new calls, give those in flight `grace_s` to finish, then cancel them.

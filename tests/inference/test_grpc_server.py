@@ -134,7 +134,7 @@ def test_an_abort_carries_its_code_message_and_retry_hint(stub):
     assert ("retry-after-ms", "250") in caught.value.trailing_metadata()
 
 
-def test_a_handler_that_raises_is_internal_without_its_message_and_the_server_goes_on(stub, caplog):
+def test_a_handler_that_raises_is_internal_without_its_message_and_the_server_goes_on(stub):
     with pytest.raises(grpc.RpcError) as caught:
         infer(stub, "crash")
     assert caught.value.code() == grpc.StatusCode.INTERNAL
